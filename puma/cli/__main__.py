@@ -1,0 +1,3 @@
+from puma.cli import app
+
+app()

@@ -1,0 +1,290 @@
+"""Typed configuration: ``params.yaml`` + ``PUMA_`` environment overrides, read in one place.
+
+Everything that parses ``params.yaml`` goes through :func:`load_settings`. Sections mirror the
+pipeline steps (``data``, ``model``, ``prompt``, ``stage1``, ``stage2``, ``mac``, ``runtime``,
+``embed``, ``evaluate``, ``tracking``). Environment variables override nested keys with a double
+underscore: ``PUMA_MODEL__PRUNE_LAYERS=6``, ``PUMA_MAC__LAMBDA=0.5``.
+
+Mistakes fail early with :class:`ConfigError`, one line per problem naming the dotted key and where
+it came from (``params.yaml:23`` or the environment variable)::
+
+    params.yaml:23: model.prune_layers: must be <= model.depth (8), got 12
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_PARAMS = Path("params.yaml")
+ENV_PREFIX = "PUMA_"
+ENV_DELIM = "__"
+
+
+class ConfigError(ValueError):
+    """A params file or an environment override is wrong; the message lists every problem."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors (a typo must not silently fall back to a default).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+
+
+PositiveFloat = Field(gt=0)
+
+
+class DataSettings(_Section):
+    source: Literal["synth", "hub"] = "synth"
+    root: Path = Path("data/mbeir")
+    nli_path: Path = Path("data/nli/nli_for_simcse.csv")
+    synth_seed: int = 0
+    synth_scale: float = Field(1.0, gt=0)
+    nli_rows: int = Field(512, ge=8)
+    download_images: bool = False
+    download_splits: list[Literal["train", "val", "test"]] = ["test"]
+
+
+class ModelSettings(_Section):
+    base: str = "artifacts/tiny"
+    depth: int = Field(8, ge=1)
+    prune_layers: int = Field(4, ge=1)
+    ret_token: str = "[RET]"
+    ret_init: str = "mean"
+    ret_trainable: bool = True
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    tiny_seed: int = 0
+
+    @field_validator("prune_layers")
+    @classmethod
+    def _k_within_depth(cls, k: int, info) -> int:
+        depth = info.data.get("depth")
+        if depth is not None and k > depth:
+            raise ValueError(f"must be <= model.depth ({depth}), got {k}")
+        return k
+
+    @field_validator("ret_init")
+    @classmethod
+    def _ret_init_form(cls, v: str) -> str:
+        if v != "mean" and not (v.startswith("token:") and len(v) > len("token:")):
+            raise ValueError(f"must be 'mean' or 'token:<text>', got {v!r}")
+        return v
+
+
+class PromptSettings(_Section):
+    min_pixels: int = Field(4 * 28 * 28, ge=28 * 28)
+    max_pixels: int = Field(300 * 28 * 28, ge=28 * 28)
+    max_text_tokens: int = Field(450, ge=8)
+    suffix: Literal["modality", "reference"] = "modality"
+
+    @model_validator(mode="after")
+    def _budget_order(self) -> "PromptSettings":
+        if self.max_pixels < self.min_pixels:
+            raise ValueError(f"prompt.max_pixels ({self.max_pixels}) < prompt.min_pixels ({self.min_pixels})")
+        return self
+
+
+class _StageSettings(_Section):
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=2)  # in-batch negatives need at least two samples
+    grad_accum: int = Field(1, ge=1)
+    tau: float = Field(0.05, gt=0)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    max_steps: int = Field(-1, ge=-1)
+    checkpoint_every: int = Field(50, ge=1)
+
+
+class Stage1Settings(_StageSettings):
+    alpha_mode: Literal["fixed", "dynamic", "reverse"] = "dynamic"
+    distill_kind: Literal["mse", "cos", "kl"] = "mse"
+    teacher: Literal["cache", "live"] = "cache"
+
+
+class Stage2Settings(_StageSettings):
+    tau: float = Field(0.03, gt=0)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class MacSettings(_Section):
+    enabled: bool = True
+    lambda_: float = Field(0.2, ge=0, alias="lambda")
+    form: Literal["paper", "reference"] = "paper"
+    reverse: bool = False
+
+
+class RuntimeSettings(_Section):
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    num_processes: int = Field(1, ge=1)
+    deepspeed: bool = False
+    deepspeed_config: Path = Path("infra/deepspeed/zero2.json")
+    gradient_checkpointing: bool = False
+    num_workers: int = Field(0, ge=0)
+
+
+class EmbedSettings(_Section):
+    batch_size: int = Field(64, ge=1)
+    shard_size: int = Field(4096, ge=1)
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+class EvaluateSettings(_Section):
+    instruction_seed: int = 0
+    k_default: int = Field(5, ge=1)
+    k_overrides: dict[str, int] = {"fashion200k_task0": 10, "fashion200k_task3": 10, "fashioniq_task7": 10}
+    pools: list[Literal["local", "global"]] = ["local", "global"]
+    top_k_saved: int = Field(50, ge=1)
+
+    def k_for(self, column: str) -> int:
+        """Recall cut-off for a Table-1 column such as ``fashioniq_task7``."""
+        return self.k_overrides.get(column, self.k_default)
+
+
+class TrackingSettings(_Section):
+    enabled: bool = True
+    uri: str = "sqlite:///mlruns.db"
+    artifact_location: str = "mlartifacts"
+    experiment: str = "puma"
+    model_name: str = "puma-retriever"
+
+
+class Settings(BaseSettings):
+    """All of params.yaml, typed. Build it with :func:`load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIM, extra="forbid", populate_by_name=True
+    )
+
+    seed: int = 0
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    prompt: PromptSettings = PromptSettings()
+    stage1: Stage1Settings = Stage1Settings()
+    stage2: Stage2Settings = Stage2Settings()
+    mac: MacSettings = MacSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    embed: EmbedSettings = EmbedSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file (the file's values arrive as init kwargs).
+        return (env_settings, init_settings)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view of every value (for MLflow params and DVC-style diffs)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for key, val in obj.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), val)
+            else:
+                out[prefix] = obj
+
+        walk("", self.model_dump(mode="json", by_alias=True))
+        return out
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map each dotted key of a YAML mapping to its 1-based line number."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, val_node in node.value:
+                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines[key] = key_node.start_mark.line + 1
+                walk(val_node, key)
+
+    walk(root, "")
+    return lines
+
+
+def _env_keys() -> dict[str, str]:
+    """Dotted keys set through PUMA_ environment variables -> the variable's name."""
+    keys = {}
+    for name in os.environ:
+        if name.upper().startswith(ENV_PREFIX):
+            keys[name[len(ENV_PREFIX) :].lower().replace(ENV_DELIM, ".")] = name
+    return keys
+
+
+def _format_errors(err: ValidationError, path: Path, lines: dict[str, int]) -> str:
+    env = _env_keys()
+    msgs = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if key in env:
+            where = f"environment variable {env[key]}"
+        else:
+            # Point at the key's own line, else its nearest parent's, else the file.
+            probe, line = key, None
+            while probe and line is None:
+                line = lines.get(probe)
+                probe = probe.rpartition(".")[0]
+            where = f"{path}:{line}" if line else str(path)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not in the schema; check the spelling)"
+        elif "input" in e and e["type"] not in ("missing",):
+            msg = f"{msg} (got {e['input']!r})"
+        msgs.append(f"{where}: {key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(msgs)
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    """Load and validate ``params.yaml`` (default: ``$PUMA_PARAMS`` or ./params.yaml) plus env overrides.
+
+    A missing file is an error unless no path was given and ./params.yaml does not exist, in which
+    case the built-in defaults (the tiny embedded setup) are used.
+    """
+    explicit = path is not None or "PUMA_PARAMS" in os.environ
+    path = Path(path if path is not None else os.environ.get("PUMA_PARAMS", DEFAULT_PARAMS))
+    data: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    if path.exists():
+        text = path.read_text()
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}:1: top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+        lines = _key_lines(text)
+    elif explicit:
+        raise ConfigError(f"{path}: params file not found")
+    # Drop the PUMA_PARAMS pointer itself so it is not read as a (unknown) setting.
+    saved = os.environ.pop("PUMA_PARAMS", None)
+    try:
+        return Settings(**data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, path, lines)) from None
+    finally:
+        if saved is not None:
+            os.environ["PUMA_PARAMS"] = saved
