@@ -1,0 +1,54 @@
+"""The one cross-process helper: gather embeddings (and modality labels) for in-batch negatives.
+
+Every rank computes the contrastive loss on the *full* gathered batch (Algorithm 1 gathers both
+queries and candidates). Only the local slice keeps its gradient, and that gradient is exactly the
+single-process gradient of the full loss with respect to the local embeddings, because the loss is
+the same function of all embeddings on every rank. Data-parallel training averages parameter gradients
+over ranks, so the trainer multiplies the gathered (contrastive) term by :func:`world_size` to recover
+the gradient of one process with the whole batch (see ``puma.train.loop``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather ``tensor`` ``[n_r, ...]`` from every rank into ``[sum_r n_r, ...]`` in rank order.
+
+    The local slice is the input tensor itself (so it keeps its autograd graph); the other ranks' slices
+    are constants. Ranks may hold different ``n_r`` (the last, smaller batch). On one process this
+    returns ``tensor`` unchanged.
+    """
+    if not is_distributed():
+        return tensor
+    ws, me = dist.get_world_size(), dist.get_rank()
+    # Sizes first, so uneven batches can be padded to a common length for all_gather.
+    n_local = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
+    sizes = [torch.zeros_like(n_local) for _ in range(ws)]
+    dist.all_gather(sizes, n_local)
+    sizes = [int(s.item()) for s in sizes]
+    n_max = max(sizes)
+    local = tensor.detach().contiguous()
+    if local.shape[0] < n_max:
+        pad = local.new_zeros((n_max - local.shape[0], *local.shape[1:]))
+        local = torch.cat([local, pad])
+    parts = [torch.empty_like(local) for _ in range(ws)]
+    dist.all_gather(parts, local)
+    parts = [p[:n] for p, n in zip(parts, sizes)]
+    parts[me] = tensor  # the local slice with its gradient
+    return torch.cat(parts)
