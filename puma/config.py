@@ -65,14 +65,14 @@ class ModelSettings(_Section):
     def _k_within_depth(cls, k: int, info) -> int:
         depth = info.data.get("depth")
         if depth is not None and k > depth:
-            raise ValueError(f"must be <= model.depth ({depth}), got {k}")
+            raise ValueError(f"must be <= model.depth ({depth})")
         return k
 
     @field_validator("ret_init")
     @classmethod
     def _ret_init_form(cls, v: str) -> str:
         if v != "mean" and not (v.startswith("token:") and len(v) > len("token:")):
-            raise ValueError(f"must be 'mean' or 'token:<text>', got {v!r}")
+            raise ValueError("must be 'mean' or 'token:<text>'")
         return v
 
 
