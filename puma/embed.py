@@ -1,0 +1,302 @@
+"""Sharded, resumable embedding of a candidate pool (or a query file) to fp16 ``.npy`` shards.
+
+Layout of an output directory::
+
+    OUT/manifest.json            model, source file + sha256, kind, dtype, dim, count, shard size
+    OUT/shards/00000.npy         (<= shard_size, dim) embeddings, L2-normalised, stored as ``dtype``
+    OUT/shards/00000.ids         the ids of those rows, one per line, in order
+
+Shard j holds records ``[j * shard_size, (j + 1) * shard_size)`` of the source, so a shard's content
+depends only on the source, the model and the shard size. Each file is written to a temporary name
+and moved into place with ``os.replace``; the ``.npy`` goes last and marks the shard finished. A run
+killed at any moment (even ``kill -9``) leaves only finished shards and temporaries, and the next
+run skips the finished ones: the result is byte-identical to one clean run.
+
+Shards are split over processes (or GPUs) by ``shard_index`` / ``num_shards``: process i embeds the
+shards j with ``j % num_shards == i``. The source is streamed once and only one shard of records
+(plus its embeddings) is held at a time, so memory does not grow with the pool.
+
+Image decoding and preprocessing run in data-loader worker processes (``collate``), so the model's
+forward is not starved; within a shard, items are batched in length order and restored afterwards
+(less padding), the sentence-transformers way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from puma.index import Shard
+
+MANIFEST = "manifest.json"
+FORMAT = "puma-embeddings/1"
+# Manifest fields that must match for a rerun to reuse finished shards.
+IDENTITY_KEYS = ("format", "kind", "model_fingerprint", "source_sha256", "count", "shard_size", "dtype",
+                 "dim", "extra")
+
+
+class EmbeddingError(RuntimeError):
+    """An embedding directory is incomplete, corrupt, or was made from different inputs."""
+
+
+class BatchEncoder(Protocol):
+    """What :func:`embed_records` needs from a model.
+
+    ``collate(items)`` turns a list of items into model inputs; it runs in data-loader worker
+    processes, so it does the image decoding and preprocessing. ``forward(batch)`` runs the model
+    and returns L2-normalised embeddings (B, dim) as float32 numpy.
+    """
+
+    dim: int
+
+    def collate(self, items: list[Any]) -> Any: ...
+
+    def forward(self, batch: Any) -> np.ndarray: ...
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: str | os.PathLike, full_hash_limit: int = 4 << 30) -> str:
+    """Identity of a checkpoint dir: sha256 over config.json and the weight files.
+
+    Weights are hashed in full up to ``full_hash_limit`` bytes in all (every model this project
+    trains by default); above it (7B: 15 GB) only names, sizes and safetensors headers, to keep a
+    resume check from reading the whole checkpoint.
+    """
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    config = model_dir / "config.json"
+    if config.is_file():
+        h.update(config.read_bytes())
+    weights = sorted(model_dir.glob("*.safetensors"))
+    full = sum(w.stat().st_size for w in weights) <= full_hash_limit
+    for w in weights:
+        h.update(f"{w.name}:{w.stat().st_size}".encode())
+        h.update(bytes.fromhex(file_sha256(w)) if full else _safetensors_header(w))
+    return h.hexdigest()
+
+
+def _safetensors_header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return f.read(min(n, 1 << 26))
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write via ``write(fileobj)`` to a temp file beside ``path``, then ``os.replace`` it in."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), mode="w")
+
+
+@dataclass
+class EmbeddingStore:
+    """A (possibly partial) embedding directory written by :func:`embed_records`."""
+
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> EmbeddingStore:
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise EmbeddingError(f"{path}: no manifest (not an embedding directory, or never started)")
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise EmbeddingError(f"{path}:{e.lineno}: manifest is not valid JSON: {e.msg}") from None
+        if manifest.get("format") != FORMAT:
+            raise EmbeddingError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        return cls(root, manifest)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.manifest["count"] // self.manifest["shard_size"])
+
+    def shard_rows(self, j: int) -> int:
+        size, count = self.manifest["shard_size"], self.manifest["count"]
+        return min(size, count - j * size)
+
+    def shard_paths(self, j: int) -> tuple[Path, Path]:
+        base = self.root / "shards" / f"{j:05d}"
+        return base.with_suffix(".npy"), base.with_suffix(".ids")
+
+    def is_done(self, j: int) -> bool:
+        """A shard is finished when its .npy (written last) exists with the expected shape."""
+        npy, ids = self.shard_paths(j)
+        if not (npy.is_file() and ids.is_file()):
+            return False
+        try:
+            arr = np.load(npy, mmap_mode="r")
+        except (ValueError, OSError):
+            return False
+        return arr.shape == (self.shard_rows(j), self.manifest["dim"])
+
+    def missing(self) -> list[int]:
+        return [j for j in range(self.num_shards) if not self.is_done(j)]
+
+    def shard(self, j: int) -> Shard:
+        """Shard j, memory-mapped (only the pages searched are read)."""
+        npy, ids_path = self.shard_paths(j)
+        if not self.is_done(j):
+            raise EmbeddingError(f"{npy}: shard {j} is missing or incomplete; rerun `puma embed` to finish it")
+        ids = ids_path.read_text().splitlines()
+        emb = np.load(npy, mmap_mode="r")
+        if len(ids) != emb.shape[0]:
+            raise EmbeddingError(f"{ids_path}: {len(ids)} ids for {emb.shape[0]} embeddings")
+        return Shard(emb, ids)
+
+    def shards(self) -> Iterator[Shard]:
+        """All shards in order; raises if the directory is incomplete."""
+        missing = self.missing()
+        if missing:
+            raise EmbeddingError(f"{self.root}: {len(missing)} of {self.num_shards} shards unfinished "
+                                 f"(first: {missing[0]}); rerun `puma embed` with the same arguments")
+        for j in range(self.num_shards):
+            yield self.shard(j)
+
+    def load(self) -> tuple[np.ndarray, list[str]]:
+        """Everything in memory as float32 (for small pools, queries and tests): (N, D), N ids."""
+        embs, ids = [], []
+        for shard in self.shards():
+            embs.append(np.asarray(shard.embeddings, dtype=np.float32))
+            ids.extend(shard.ids)
+        dim = self.manifest["dim"]
+        return (np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)), ids
+
+
+def _start_manifest(out: Path, manifest: dict) -> EmbeddingStore:
+    """Create ``out`` with ``manifest``, or check that an existing one matches (resume)."""
+    path = out / MANIFEST
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        old = EmbeddingStore.open(out).manifest
+        diff = [k for k in IDENTITY_KEYS if old.get(k) != manifest.get(k)]
+        if diff:
+            raise EmbeddingError(
+                f"{path}: existing embeddings were made with different {', '.join(diff)} "
+                f"(e.g. {diff[0]}: {old.get(diff[0])!r} != {manifest.get(diff[0])!r}); "
+                "use another --out or delete it")
+    else:
+        write_json_atomic(path, manifest)
+    return EmbeddingStore(out, manifest)
+
+
+def _encode_shard(items: list[Any], encoder: BatchEncoder, batch_size: int, num_workers: int,
+                  length: Callable[[Any], Any] | None) -> np.ndarray:
+    """Embed one shard's items: (n,) items -> (n, dim) float32, rows in the items' order."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    order = sorted(range(len(items)), key=lambda i: length(items[i])) if length else list(range(len(items)))
+    loader = DataLoader([items[i] for i in order], batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=encoder.collate,
+                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    out = np.empty((len(items), encoder.dim), dtype=np.float32)
+    pos = 0
+    with torch.inference_mode():
+        for batch in loader:
+            emb = encoder.forward(batch)  # (B, dim)
+            out[order[pos:pos + len(emb)]] = emb
+            pos += len(emb)
+    if pos != len(items):
+        raise EmbeddingError(f"encoder returned {pos} embeddings for {len(items)} items")
+    return out
+
+
+def _write_shard(store: EmbeddingStore, j: int, emb: np.ndarray, ids: Sequence[str]) -> None:
+    npy, ids_path = store.shard_paths(j)
+    bad = [i for i in ids if "\n" in i or not i]
+    if bad:
+        raise EmbeddingError(f"shard {j}: ids must be non-empty single-line strings, got {bad[0]!r}")
+    _atomic_write(ids_path, lambda f: f.write("".join(f"{i}\n" for i in ids)), mode="w")
+    arr = emb.astype(store.manifest["dtype"])
+    _atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))  # last: marks the shard done
+
+
+def embed_records(
+    records: Iterable[tuple[str, Any]],
+    out: str | os.PathLike,
+    encoder: BatchEncoder,
+    *,
+    manifest: dict,
+    shard_size: int,
+    batch_size: int,
+    dtype: str = "float16",
+    shard_index: int = 0,
+    num_shards: int = 1,
+    num_workers: int = 0,
+    length: Callable[[Any], Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> EmbeddingStore:
+    """Embed ``records`` ((id, item) pairs, streamed) into shards under ``out``; resume if started.
+
+    ``manifest`` must carry ``count`` (number of records), ``source_sha256``, ``kind``,
+    ``model_fingerprint`` and may carry anything else (``model``, ``source``, ``extra``). This process
+    embeds shards ``j % num_shards == shard_index`` that are not finished yet.
+    """
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    manifest = dict(manifest, format=FORMAT, shard_size=shard_size, dtype=dtype, dim=encoder.dim,
+                    normalized=True)
+    manifest.setdefault("extra", {})
+    store = _start_manifest(Path(out), manifest)
+    todo = {j for j in range(store.num_shards) if j % num_shards == shard_index and not store.is_done(j)}
+    if progress:
+        progress(f"{len(todo)} shard(s) to embed in {out} ({store.num_shards} in all)")
+    if not todo:
+        return store
+    last = max(todo)
+    chunk: list[tuple[str, Any]] = []
+    j = 0  # index of the shard being gathered
+
+    def flush() -> None:
+        if j in todo:
+            ids, items = [r[0] for r in chunk], [r[1] for r in chunk]
+            _write_shard(store, j, _encode_shard(items, encoder, batch_size, num_workers, length), ids)
+            if progress:
+                progress(f"shard {j:05d}: {len(ids)} rows")
+
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) == shard_size:
+            flush()
+            chunk, j = [], j + 1
+            if j > last:
+                return store  # nothing left for this process further down the source
+    if chunk:
+        flush()
+    total = j * shard_size + len(chunk)
+    if total != manifest["count"]:  # the source changed under us, or the count was wrong
+        raise EmbeddingError(f"source yielded {total} records, manifest says {manifest['count']}")
+    return store

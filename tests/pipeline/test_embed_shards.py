@@ -1,0 +1,144 @@
+"""puma.embed shard machinery with a deterministic stand-in encoder (the model is tested elsewhere).
+
+Covers: exact content/order, manifest, fp16 storage, process split, refusal to mix inputs, and the
+resume-after-``kill -9`` guarantee (same bytes as one clean run).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from puma.embed import EmbeddingError, EmbeddingStore, embed_records
+
+FAKE = textwrap.dedent('''
+    import time, zlib
+    import numpy as np
+
+    class FakeEncoder:
+        """Embedding of an item = normalised Gaussian seeded by its text (order-independent)."""
+        dim = 8
+
+        def __init__(self, delay=0.0):
+            self.delay = delay
+
+        def collate(self, items):
+            return [zlib.crc32(it.encode()) for it in items]
+
+        def forward(self, batch):
+            time.sleep(self.delay)
+            x = np.stack([np.random.default_rng(s).standard_normal(self.dim) for s in batch])
+            return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    def records(n):
+        return ((f"9:{i}", "item number " + "x" * (i % 7) + str(i)) for i in range(n))
+
+    def manifest(n):
+        return {"kind": "documents", "count": n, "source_sha256": "s" * 64, "model_fingerprint": "m" * 64,
+                "model": "fake", "source": "fake.jsonl"}
+''')
+exec(FAKE)  # FakeEncoder, records, manifest for the in-process tests
+
+
+def _run(out, n=23, shard_size=5, **kw):
+    return embed_records(records(n), out, FakeEncoder(), manifest=manifest(n), shard_size=shard_size,
+                         batch_size=2, length=len, **kw)
+
+
+def _expected(n):
+    enc = FakeEncoder()
+    ids, items = zip(*records(n))
+    return list(ids), enc.forward(enc.collate(list(items)))
+
+
+def test_shards_hold_the_records_in_order_as_fp16(tmp_path):
+    store = _run(tmp_path / "e")
+    assert store.num_shards == 5 and store.missing() == []
+    emb, ids = EmbeddingStore.open(tmp_path / "e").load()
+    want_ids, want = _expected(23)
+    assert ids == want_ids
+    np.testing.assert_allclose(emb, want, atol=1e-3)  # fp16 storage
+    assert np.load(tmp_path / "e/shards/00004.npy").dtype == np.float16
+    assert np.load(tmp_path / "e/shards/00004.npy").shape == (3, 8)
+    m = json.loads((tmp_path / "e/manifest.json").read_text())
+    assert (m["count"], m["dim"], m["dtype"], m["shard_size"], m["model"]) == (23, 8, "float16", 5, "fake")
+
+
+def test_split_over_processes_gives_the_same_directory(tmp_path):
+    for i in (1, 0, 2):
+        _run(tmp_path / "split", shard_index=i, num_shards=3)
+    _run(tmp_path / "one")
+    for j in range(5):
+        for ext in ("npy", "ids"):
+            a = (tmp_path / f"split/shards/{j:05d}.{ext}").read_bytes()
+            assert a == (tmp_path / f"one/shards/{j:05d}.{ext}").read_bytes()
+
+
+def test_partial_directory_is_refused_for_search_and_resumed(tmp_path):
+    _run(tmp_path / "p", shard_index=0, num_shards=2)
+    store = EmbeddingStore.open(tmp_path / "p")
+    assert store.missing() == [1, 3]
+    with pytest.raises(EmbeddingError, match="2 of 5 shards unfinished"):
+        list(store.shards())
+    _run(tmp_path / "p")
+    assert EmbeddingStore.open(tmp_path / "p").missing() == []
+
+
+def test_different_inputs_are_not_mixed(tmp_path):
+    _run(tmp_path / "e", n=10)
+    with pytest.raises(EmbeddingError, match="count"):
+        _run(tmp_path / "e", n=11)
+    with pytest.raises(EmbeddingError, match="shard_size"):
+        _run(tmp_path / "e", n=10, shard_size=4)
+
+
+def test_short_source_is_an_error(tmp_path):
+    with pytest.raises(EmbeddingError, match="yielded 7 records"):
+        embed_records(records(7), tmp_path / "e", FakeEncoder(), manifest=manifest(9), shard_size=4,
+                      batch_size=2)
+
+
+def test_corrupt_shard_is_redone(tmp_path):
+    _run(tmp_path / "e")
+    good = (tmp_path / "e/shards/00002.npy").read_bytes()
+    (tmp_path / "e/shards/00002.npy").write_bytes(good[: len(good) // 2])  # truncated by a crash
+    assert EmbeddingStore.open(tmp_path / "e").missing() == [2]
+    _run(tmp_path / "e")
+    assert (tmp_path / "e/shards/00002.npy").read_bytes() == good
+
+
+def test_resume_after_kill_9_gives_the_same_bytes(tmp_path):
+    script = tmp_path / "embed_fake.py"
+    script.write_text(FAKE + textwrap.dedent('''
+        import sys
+        from puma.embed import embed_records
+        out, n = sys.argv[1], 40
+        embed_records(records(n), out, FakeEncoder(delay=float(sys.argv[2])), manifest=manifest(n),
+                      shard_size=4, batch_size=2, length=len)
+    '''))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.1"], env=env)
+    first = killed / "shards/00002.npy"
+    deadline = time.time() + 60
+    while not first.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-run: shard 3 is being computed
+    proc.wait()
+    assert first.exists(), "the run never finished a shard"
+    partial = EmbeddingStore.open(killed).missing()
+    assert 0 < len(partial) < 10, partial
+    subprocess.run([sys.executable, str(script), str(killed), "0"], env=env, check=True)
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, str(script), str(clean), "0"], env=env, check=True)
+    # A killed writer may leave a dot-temporary behind; the finished files are what counts.
+    names = sorted(p.name for p in (clean / "shards").iterdir())
+    assert names == sorted(p.name for p in (killed / "shards").iterdir() if not p.name.startswith("."))
+    for name in names:
+        assert (killed / "shards" / name).read_bytes() == (clean / "shards" / name).read_bytes()
