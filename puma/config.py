@@ -124,6 +124,7 @@ class MacSettings(_Section):
 class RuntimeSettings(_Section):
     precision: Literal["no", "bf16", "fp16"] = "no"
     num_processes: int = Field(1, ge=1)
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
     deepspeed: bool = False
     deepspeed_config: Path = Path("infra/deepspeed/zero2.json")
     gradient_checkpointing: bool = False

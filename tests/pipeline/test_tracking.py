@@ -1,0 +1,130 @@
+"""MLflow tracking, registry and the promotion gate on a local SQLite store (no server)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from puma import tracking
+from puma.config import load_settings
+
+COLUMNS = ["visualnews_task0", "mscoco_task0", "webqa_task1"]
+
+
+def _metrics(avg: float, status: str = "complete", drop: str | None = None) -> dict:
+    table = {c: avg for c in COLUMNS if c != drop}
+    table["average"] = avg
+    return {"status": status, "local": dict(table), "global": dict(table)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A repo-like folder: params.yaml pointing at a fresh SQLite store, a model, a dvc.lock, logs."""
+    root = tmp_path_factory.mktemp("repo")
+    (root / "params.yaml").write_text(
+        f"tracking:\n  uri: sqlite:///mlruns.db\n  artifact_location: mlartifacts\n  experiment: t\n"
+        f"model:\n  prune_layers: 3\nmac:\n  lambda: 0.5\n"
+    )
+    model = root / "artifacts" / "stage2" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    (root / "artifacts" / "stage2" / "train_log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / (s + 1), "lr": 0.1}) + "\n" for s in range(5))
+    )
+    (root / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n"
+        "  stage2:\n    cmd: puma train stage2\n"
+        "    params:\n      params.yaml:\n        mac.lambda: 0.5\n        stage2.lr: 0.002\n"
+        "    outs:\n    - path: artifacts/stage2\n      md5: abc.dir\n"
+        "  evaluate:\n    cmd: puma evaluate\n    outs:\n    - path: reports/metrics.json\n      md5: def\n"
+    )
+    (root / "reports").mkdir()
+    return root
+
+
+def _register(store, monkeypatch, name, metrics, promote=True):
+    monkeypatch.chdir(store)
+    monkeypatch.setenv("PUMA_TRACKING__MODEL_NAME", name)
+    settings = load_settings(store / "params.yaml")
+    (store / "reports" / "metrics.json").write_text(json.dumps(metrics))
+    check = tracking.check_evaluation(metrics, ["local", "global"], COLUMNS)
+    run = tracking.log_pipeline(settings, store, metrics_path=store / "reports" / "metrics.json")
+    version = tracking.register_model(settings, run.run_id, store / "artifacts" / "stage2" / "model", check, store)
+    decision = tracking.promote(settings, version, store) if promote else None
+    return settings, run, version, decision
+
+
+def test_check_evaluation_names_what_is_missing():
+    ok = tracking.check_evaluation(_metrics(50.0), ["local", "global"], COLUMNS)
+    assert ok.complete and ok.scores["global.average"] == 50.0 and len(ok.scores) == 8
+    partial = tracking.check_evaluation(_metrics(50.0, drop="mscoco_task0"), ["local", "global"], COLUMNS)
+    assert not partial.complete and "local.mscoco_task0" in partial.reason
+    failed = tracking.check_evaluation(_metrics(50.0, status="failed"), ["local", "global"], COLUMNS)
+    assert not failed.complete and "failed" in failed.reason
+    nan = _metrics(50.0)
+    nan["global"]["average"] = float("nan")
+    assert not tracking.check_evaluation(nan, ["local", "global"], COLUMNS).complete
+    assert not tracking.check_evaluation({"local": _metrics(1.0)["local"]}, ["local", "global"], COLUMNS).complete
+
+
+def test_parent_and_nested_runs(store, monkeypatch):
+    import mlflow
+
+    settings, run, version, _ = _register(store, monkeypatch, "runs-model", _metrics(40.0))
+    client = mlflow.MlflowClient(run.tracking_uri)
+    parent = client.get_run(run.run_id)
+    assert parent.data.params["mac.lambda"] == "0.5" and parent.data.params["model.prune_layers"] == "3"
+    assert parent.data.metrics["global.average"] == 40.0 and parent.data.tags["git.commit"]
+    assert set(run.stage_runs) == {"stage2", "evaluate"}
+    child = client.get_run(run.stage_runs["stage2"])
+    assert child.data.tags["mlflow.parentRunId"] == run.run_id
+    assert child.data.params == {"mac.lambda": "0.5", "stage2.lr": "0.002"}
+    history = client.get_metric_history(child.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(5)) and history[-1].value == pytest.approx(0.2)
+    arts = {a.path for a in client.list_artifacts(run.run_id)}
+    assert {"params.yaml", "dvc.lock", "metrics.json", "git_commit.txt", "model"} <= arts
+    mv = client.get_model_version_by_alias("runs-model", "challenger")
+    assert str(mv.version) == version and mv.tags["k"] == "3" and mv.tags["lambda"] == "0.5"
+    assert mv.tags["score.global.average"] == "40.0000"
+    local = tracking.download_model(settings, root=store)  # champion: the first complete version
+    assert json.loads((local / "config.json").read_text())["model_type"] == "qwen2_vl"
+
+
+def test_gate_does_not_promote_a_worse_challenger(store, monkeypatch):
+    _, _, v1, d1 = _register(store, monkeypatch, "gate-model", _metrics(50.0))
+    assert d1.promoted and "no champion" in d1.reason
+    _, _, v2, d2 = _register(store, monkeypatch, "gate-model", _metrics(49.5))
+    assert not d2.promoted and d2.champion_after == v1 and "49.50 < champion" in d2.reason
+    settings, _, v3, d3 = _register(store, monkeypatch, "gate-model", _metrics(50.0))  # a tie promotes
+    assert d3.promoted and d3.champion_before == v1 and d3.champion_after == v3
+    rows = {r["version"]: r for r in tracking.model_versions(settings, store)}
+    assert set(rows[v3]["aliases"]) == {"champion", "challenger"} and rows[v1]["aliases"] == []
+    assert rows[v2]["promotion"].startswith("not promoted")
+
+
+def test_gate_never_promotes_partial_or_failed_evaluation(store, monkeypatch):
+    _, _, v1, _ = _register(store, monkeypatch, "partial-model", _metrics(10.0))
+    _, _, _, d2 = _register(store, monkeypatch, "partial-model", _metrics(90.0, drop="webqa_task1"))
+    assert not d2.promoted and d2.champion_after == v1 and "partial" in d2.reason
+    _, _, _, d3 = _register(store, monkeypatch, "partial-model", _metrics(90.0, status="failed"))
+    assert not d3.promoted and d3.champion_after == v1
+    # Even with no champion at all, an incomplete evaluation is not promoted.
+    _, _, _, d4 = _register(store, monkeypatch, "partial-only", _metrics(90.0, status="partial"))
+    assert not d4.promoted and d4.champion_after is None
+
+
+def test_gate_refuses_scores_on_different_data(store, monkeypatch):
+    _register(store, monkeypatch, "data-model", _metrics(10.0))
+    monkeypatch.setenv("PUMA_DATA__SOURCE", "hub")
+    _, _, _, d = _register(store, monkeypatch, "data-model", _metrics(90.0))
+    assert not d.promoted and "not comparable" in d.reason
+
+
+def test_bad_metrics_file_names_it(tmp_path):
+    bad = tmp_path / "metrics.json"
+    bad.write_text('{"local": \n  oops}')
+    with pytest.raises(tracking.TrackingError, match=r"metrics.json:2: not valid JSON"):
+        tracking.read_metrics(bad)
+    with pytest.raises(tracking.TrackingError, match="not found"):
+        tracking.read_metrics(tmp_path / "missing.json")
