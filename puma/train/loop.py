@@ -1,0 +1,323 @@
+"""The shared training runtime of both stages: accelerate, optimizer, schedule, data order, resume, logs.
+
+A stage describes *what* to train in a :class:`StageSpec` (model with its trainable parameters, dataset,
+collate function, loss); :func:`run_training` does the rest, identically for both stages:
+
+- accelerate for device, precision, gradient accumulation and (optionally) DeepSpeed ZeRO-2;
+- AdamW (beta2 0.98, eps 1e-7, no weight decay) with a cosine schedule and linear warmup (reference);
+- a deterministic data order: a seeded permutation per epoch, cut into global batches of
+  ``batch_size * world_size`` of which each rank takes its slice, so a resumed run sees the same batches;
+- periodic atomic checkpoints (:mod:`puma.train.checkpoint`) and automatic resume from the newest;
+- a progress bar (loss, lr, samples/s), a JSON-lines log ``OUT/train_log.jsonl`` (one row per optimizer
+  step, read by ``puma.tracking``) and optional live step loggers (MLflow, lazily imported).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from puma.config import RuntimeSettings, Settings
+from puma.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+
+ADAM_BETAS = (0.9, 0.98)  # reference optimiser
+ADAM_EPS = 1e-7
+LOG_NAME = "train_log.jsonl"
+
+
+@dataclass
+class StepContext:
+    """What a loss function may need to know about where training is."""
+
+    epoch: int
+    global_step: int  # optimizer steps done before this batch
+    total_steps: int
+    steps_per_epoch: int
+    world_size: int
+    device: torch.device
+
+
+@dataclass
+class StageSpec:
+    """Everything stage-specific. ``compute_loss(model, batch, ctx) -> (loss, {name: float})``.
+
+    ``dataset`` needs ``__len__``/``__getitem__`` and may have ``set_epoch(epoch)``; ``collate`` turns a
+    list of dataset items into the batch ``compute_loss`` gets (it runs in loader workers). ``params`` are
+    logged once (stage hyper-parameters for tracking).
+    """
+
+    name: str
+    model: torch.nn.Module
+    dataset: Any
+    collate: Callable[[list], Any]
+    compute_loss: Callable[[torch.nn.Module, Any, StepContext], tuple[torch.Tensor, dict[str, float]]]
+    epochs: int
+    lr: float
+    batch_size: int
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    max_steps: int = -1
+    checkpoint_every: int = 50
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class StepLogger(Protocol):
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+# Factories ``(settings, stage_name, out_dir) -> StepLogger | None`` called at the start of training.
+# puma.tracking (or a user) may append to this list; tracking is never needed for training to run.
+STEP_LOGGER_FACTORIES: list[Callable[[Settings, str, Path], StepLogger | None]] = []  # filled below
+
+
+class JsonlLogger:
+    """One JSON object per optimizer step in ``OUT/train_log.jsonl`` (rows carry ``step``)."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        if path.exists():
+            # Drop rows past the checkpoint we resume from (they are recomputed identically).
+            rows = [r for r in path.read_text().splitlines() if r.strip()]
+            keep = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(r + "\n" for r in keep))
+            os.replace(tmp, path)
+        self._f = path.open("a")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class MlflowLogger:
+    """Live per-step logging to MLflow (imported lazily; only built when ``tracking.enabled``)."""
+
+    def __init__(self, settings: Settings, stage: str):
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(settings.tracking.uri)
+        mlflow.set_experiment(settings.tracking.experiment)
+        parent = os.environ.get("PUMA_MLFLOW_PARENT_RUN_ID")
+        if parent:
+            self._run = mlflow.start_run(run_name=stage, nested=True, parent_run_id=parent)
+        else:
+            self._run = mlflow.start_run(run_name=stage)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._mlflow.log_metrics(metrics, step=step)
+
+    def close(self) -> None:
+        self._mlflow.end_run()
+
+
+def mlflow_logger_factory(settings: Settings, stage: str, out: Path) -> StepLogger | None:
+    """Live MLflow logging when ``tracking.enabled``; ``PUMA_TRACKING_LIVE=0`` turns it off (e.g. when
+    the pipeline logs ``train_log.jsonl`` after the stage instead)."""
+    if not settings.tracking.enabled or os.environ.get("PUMA_TRACKING_LIVE", "1") == "0":
+        return None
+    return MlflowLogger(settings, stage)
+
+
+STEP_LOGGER_FACTORIES.append(mlflow_logger_factory)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(runtime: RuntimeSettings, grad_accum: int):
+    """An ``Accelerator`` for the runtime params (precision, DeepSpeed ZeRO-2 config, accumulation)."""
+    from accelerate import Accelerator
+
+    kwargs: dict[str, Any] = {"gradient_accumulation_steps": grad_accum, "mixed_precision": runtime.precision}
+    if runtime.deepspeed:
+        from accelerate.utils import DeepSpeedPlugin
+
+        if not Path(runtime.deepspeed_config).is_file():
+            raise FileNotFoundError(f"runtime.deepspeed_config: {runtime.deepspeed_config} does not exist")
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=str(runtime.deepspeed_config),
+                                                     gradient_accumulation_steps=grad_accum)
+    return Accelerator(**kwargs)
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
+    """LambdaLR: linear warmup to the peak lr, then cosine decay to 0 at ``total_steps``."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+
+
+def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int, accum: int) -> list[list[int]]:
+    """This rank's index batches for ``epoch``: same for every run with the same seed (resume-safe).
+
+    A seeded permutation of ``range(n)`` is cut into global batches of ``batch_size * world``; a partial
+    last batch is dropped (in-batch negatives need full batches), and so are micro-batches past the last
+    multiple of ``accum`` (an optimizer step always sees ``accum`` micro-batches).
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    global_bs = batch_size * world
+    n_batches = (n // global_bs) // accum * accum
+    if n_batches == 0:
+        raise ValueError(f"dataset of {n} items is smaller than one step ({accum} x {global_bs} items)")
+    return [perm[b * global_bs + rank * batch_size : b * global_bs + (rank + 1) * batch_size] for b in range(n_batches)]
+
+
+def _loggers(settings: Settings, stage: str, out: Path, resume_step: int) -> list[StepLogger]:
+    loggers: list[StepLogger] = [JsonlLogger(out / LOG_NAME, resume_step)]
+    for factory in STEP_LOGGER_FACTORIES:
+        try:
+            lg = factory(settings, stage, out)
+        except Exception as e:  # tracking must never stop training
+            warnings.warn(f"step logger {getattr(factory, '__name__', factory)} disabled: {e}", stacklevel=2)
+            lg = None
+        if lg is not None:
+            loggers.append(lg)
+    return loggers
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # unwrapped (no DDP / DeepSpeed wrapper)
+    state: TrainState
+    history: list[dict[str, float]]  # the rows of this process's run (resumed runs: from the resume point)
+    resumed_from: str | None
+
+
+def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress: bool = True) -> TrainResult:
+    """Train ``spec.model`` in place; checkpoints under ``OUT/checkpoints``, resumes from the newest."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(settings.seed)
+    accelerator = make_accelerator(settings.runtime, spec.grad_accum)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    model = spec.model
+    if settings.runtime.gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"{spec.name}: the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(trainable, lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0)
+
+    n_micro = len(epoch_batches(len(spec.dataset), spec.batch_size, world, rank, settings.seed, 0, spec.grad_accum))
+    steps_per_epoch = n_micro // spec.grad_accum
+    total = spec.epochs * steps_per_epoch
+    if spec.max_steps > 0:
+        total = min(total, spec.max_steps)
+    scheduler = cosine_with_warmup(optimizer, math.ceil(spec.warmup_ratio * total), total)
+    # The scheduler is stepped here once per optimizer step (not prepared: accelerate would step it
+    # once per process).
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    ckpt_root = out / "checkpoints"
+    state, resumed = TrainState(), None
+    found = latest_checkpoint(ckpt_root)
+    if found is not None:
+        state = load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler)
+        resumed = str(found)
+        accelerator.print(f"{spec.name}: resumed from {found} (step {state.global_step}/{total})")
+
+    loggers = _loggers(settings, spec.name, out, state.global_step) if accelerator.is_main_process else []
+    for lg in loggers:
+        lg.log_params({"stage": spec.name, "total_steps": total, "world_size": world, **spec.params})
+    bar = tqdm(total=total, initial=state.global_step, desc=spec.name,
+               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
+    history: list[dict[str, float]] = []
+    model.train()
+    try:
+        while state.global_step < total:
+            epoch = state.epoch
+            if hasattr(spec.dataset, "set_epoch"):
+                spec.dataset.set_epoch(epoch)
+            batches = epoch_batches(len(spec.dataset), spec.batch_size, world, rank, settings.seed, epoch,
+                                    spec.grad_accum)
+            skip = state.step_in_epoch * spec.grad_accum
+            # An explicit generator keeps the loader from drawing on the global RNG (dropout's), so a
+            # run resumed mid-epoch continues the same random stream as an uninterrupted one.
+            loader = DataLoader(spec.dataset, batch_sampler=batches[skip:], collate_fn=spec.collate,
+                                num_workers=settings.runtime.num_workers,
+                                generator=torch.Generator().manual_seed(settings.seed + epoch))
+            t0, seen, sums = time.perf_counter(), 0, {}
+            for batch in loader:
+                ctx = StepContext(epoch, state.global_step, total, steps_per_epoch, world, accelerator.device)
+                with accelerator.accumulate(model):
+                    loss, metrics = spec.compute_loss(model, batch, ctx)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                seen += spec.batch_size * world
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / spec.grad_accum
+                if not accelerator.sync_gradients:
+                    continue
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                state.global_step += 1
+                state.step_in_epoch += 1
+                dt = time.perf_counter() - t0
+                row = {"epoch": epoch, "lr": lr, "samples_per_s": seen / dt if dt > 0 else 0.0, **sums}
+                history.append({"step": state.global_step, **row})
+                for lg in loggers:
+                    lg.log_metrics(row, state.global_step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
+                                samples_s=f"{row['samples_per_s']:.1f}")
+                t0, seen, sums = time.perf_counter(), 0, {}
+                done = state.global_step >= total
+                if state.step_in_epoch >= steps_per_epoch:
+                    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                if done or state.global_step % spec.checkpoint_every == 0:
+                    save_checkpoint(ckpt_root, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                if done:
+                    break
+    finally:
+        bar.close()
+        for lg in loggers:
+            try:
+                lg.close()
+            except Exception as e:  # a tracking failure at exit must not hide a training error
+                warnings.warn(f"closing step logger failed: {e}", stacklevel=2)
+    accelerator.wait_for_everyone()
+    return TrainResult(accelerator.unwrap_model(model), state, history, resumed)
+
+
+def gathered_weight(ctx: StepContext) -> float:
+    """Factor for loss terms computed on gathered embeddings (see :mod:`puma.distributed`).
+
+    Every rank computes the same full-batch contrastive loss, but data-parallel training averages the
+    parameter gradients over ranks; multiplying by the world size restores one process's gradient.
+    """
+    return float(ctx.world_size)
+
+
+__all__ = ["StageSpec", "StepContext", "StepLogger", "STEP_LOGGER_FACTORIES", "TrainResult", "run_training",
+           "epoch_batches", "gathered_weight", "seed_everything", "make_accelerator", "mlflow_logger_factory"]
