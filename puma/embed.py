@@ -97,7 +97,7 @@ def _safetensors_header(path: Path) -> bytes:
         return f.read(min(n, 1 << 26))
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write via ``write(fileobj)`` to a temp file beside ``path``, then ``os.replace`` it in."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -111,11 +111,11 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), mode="w")
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n"), mode="w")
 
 
 @dataclass
@@ -239,9 +239,9 @@ def _write_shard(store: EmbeddingStore, j: int, emb: np.ndarray, ids: Sequence[s
     bad = [i for i in ids if "\n" in i or not i]
     if bad:
         raise EmbeddingError(f"shard {j}: ids must be non-empty single-line strings, got {bad[0]!r}")
-    _atomic_write(ids_path, lambda f: f.write("".join(f"{i}\n" for i in ids)), mode="w")
+    atomic_write(ids_path, lambda f: f.write("".join(f"{i}\n" for i in ids)), mode="w")
     arr = emb.astype(store.manifest["dtype"])
-    _atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))  # last: marks the shard done
+    atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))  # last: marks the shard done
 
 
 def embed_records(
@@ -300,3 +300,103 @@ def embed_records(
     if total != manifest["count"]:  # the source changed under us, or the count was wrong
         raise EmbeddingError(f"source yielded {total} records, manifest says {manifest['count']}")
     return store
+
+
+# ---------------------------------------------------------------- the model side
+
+
+class RetrieverEncoder:
+    """:class:`BatchEncoder` over a :class:`puma.PumaRetriever`: the same prompts and states as its
+    ``encode_query`` / ``encode_document``, with the preprocessing split off for worker processes.
+
+    ``collate`` is a picklable partial of :func:`puma.model.encoding.collate` holding only the
+    processor and prompt settings, so worker processes never touch the model; ``forward`` moves the
+    batch to the model's device, takes the ``[RET]`` states and L2-normalises them in float32.
+    """
+
+    def __init__(self, retriever, is_query: bool):
+        from functools import partial
+
+        from puma.model.encoding import collate
+        from puma.model.retriever import qwen_config
+
+        self.model = retriever.model
+        self.is_query = is_query
+        self.collate = partial(collate, retriever.processor, is_query=is_query,
+                               prompt_settings=retriever.prompt, ret_token=retriever.ret_token)
+        self.dim = int(qwen_config(self.model).text_config.hidden_size)
+
+    def forward(self, batch) -> np.ndarray:
+        import torch.nn.functional as F
+
+        from puma.model.encoding import ret_states
+
+        device = next(self.model.parameters()).device
+        states = ret_states(self.model, batch.to(device))  # (B, H)
+        return F.normalize(states.float(), dim=-1).cpu().numpy()
+
+
+def count_records(path: str | os.PathLike) -> int:
+    """Number of non-blank lines of a jsonl file (cheap: no JSON parsing)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def item_length(item: dict) -> tuple[bool, int]:
+    """Sort key that groups images and similar text lengths into the same batches."""
+    return item.get("image") is not None, len(item.get("text") or "") + len(item.get("instruction") or "")
+
+
+def embed_pool(
+    encoder: BatchEncoder,
+    pool: str | os.PathLike,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model_dir: str | os.PathLike,
+    shard_size: int,
+    batch_size: int,
+    dtype: str = "float16",
+    shard_index: int = 0,
+    num_shards: int = 1,
+    num_workers: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> EmbeddingStore:
+    """Embed the candidates of an M-BEIR pool jsonl (no instruction) into shards under ``out``.
+
+    Image paths in the pool are relative to ``root``. The manifest records the model (path and
+    fingerprint), the pool (path and sha256), dtype, dim and count; a rerun resumes.
+    """
+    from puma.data.schema import candidate_item, iter_candidates
+
+    manifest = {"kind": "documents", "model": str(model_dir), "model_fingerprint": model_fingerprint(model_dir),
+                "source": str(pool), "source_sha256": file_sha256(pool), "count": count_records(pool),
+                "root": str(root)}
+    records = ((c.did, candidate_item(c, root)) for c in iter_candidates(pool))
+    return embed_records(records, out, encoder, manifest=manifest, shard_size=shard_size, batch_size=batch_size,
+                         dtype=dtype, shard_index=shard_index, num_shards=num_shards, num_workers=num_workers,
+                         length=item_length, progress=progress)
+
+
+def embed_queries(
+    encoder: BatchEncoder,
+    source: str | os.PathLike,
+    items: Sequence[tuple[str, dict]],
+    out: str | os.PathLike,
+    *,
+    model_dir: str | os.PathLike,
+    extra: dict,
+    batch_size: int,
+    shard_size: int,
+    dtype: str = "float32",
+    num_workers: int = 0,
+) -> EmbeddingStore:
+    """Embed (qid, item) pairs of one query file, items already carrying their instruction.
+
+    ``extra`` must identify the instruction choice (seed, instructions file hash): it is part of the
+    manifest's identity, so a different choice never reuses old query embeddings.
+    """
+    manifest = {"kind": "queries", "model": str(model_dir), "model_fingerprint": model_fingerprint(model_dir),
+                "source": str(source), "source_sha256": file_sha256(source), "count": len(items), "extra": extra}
+    return embed_records(items, out, encoder, manifest=manifest, shard_size=shard_size, batch_size=batch_size,
+                         dtype=dtype, num_workers=num_workers, length=item_length)

@@ -12,7 +12,13 @@ top k. ``metrics.json`` holds percentages::
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 GROUPS = ("single", "mixed", "multi")
 
@@ -65,3 +71,187 @@ def summarise(recalls: Mapping[str, float], groups: Mapping[str, str]) -> dict[s
         if members:
             out[group] = round(100.0 * sum(members) / len(members), 2)
     return out
+
+
+# ---------------------------------------------------------------- the Table-1 evaluation
+
+
+@dataclass
+class ColumnQueries:
+    """One column's queries ready to embed: ids, encoder items (with instruction) and positives."""
+
+    column: Any  # puma.data.columns.Column
+    qids: list[str]
+    items: list[dict]
+    instructions: list[tuple[int, str]]
+    relevant: list[set[str]]
+
+
+def column_queries(column, root: Path, instructions: dict, seed: int) -> ColumnQueries:
+    """Load a column's test queries, choose each query's instruction (seeded), and its positives.
+
+    Positives come from the column's qrels file when present (UniIR's source), else from the queries'
+    ``pos_cand_list``.
+    """
+    from puma.data.instructions import choose_instruction
+    from puma.data.schema import iter_queries, load_qrels, query_item
+
+    qrels_path = root / column.qrels_file
+    qrels = load_qrels(qrels_path) if qrels_path.is_file() else None
+    out = ColumnQueries(column, [], [], [], [])
+    for q in iter_queries(root / column.query_file):
+        choice = choose_instruction(instructions, q.qid, column.dataset_id, column.query_modality,
+                                    column.cand_modality, seed)
+        out.qids.append(q.qid)
+        out.items.append(query_item(q, root, choice[1]))
+        out.instructions.append(choice)
+        out.relevant.append(set(qrels.get(q.qid, ())) if qrels is not None else set(q.pos_cand_list))
+    return out
+
+
+def _check_files(root: Path, columns) -> None:
+    from puma.data.columns import INSTRUCTIONS_FILE
+
+    missing = [f for c in columns for f in (c.query_file, c.pool_file) if not (root / f).is_file()]
+    if not (root / INSTRUCTIONS_FILE).is_file():
+        missing.append(INSTRUCTIONS_FILE)
+    if missing:
+        raise FileNotFoundError(f"{root}: {len(missing)} M-BEIR file(s) missing, e.g. {root / missing[0]} "
+                                "(run `puma data synth` or `puma data download mbeir`)")
+
+
+def evaluate_table1(
+    retriever,
+    model_dir: str | os.PathLike,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    settings,
+    *,
+    columns: Sequence | None = None,
+    num_workers: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Evaluate ``retriever`` on the Table-1 columns; returns (and writes) ``metrics.json``'s content.
+
+    Under ``out``: ``embeddings/pools/<column>/`` and ``embeddings/queries/<column>/`` (resumable
+    shard stores, reused by a rerun), ``metrics.json``, ``chance.json``, ``topk.jsonl`` (per query
+    and pool: ranked ids, scores, positives, hit), ``instructions.jsonl`` (the seeded choice per
+    query) and ``eval_meta.json``. ``settings`` is the full :class:`puma.config.Settings`.
+    """
+    from puma.data.columns import GROUPS as COLUMN_GROUPS
+    from puma.data.columns import INSTRUCTIONS_FILE, TABLE1_COLUMNS
+    from puma.data.instructions import load_instructions
+    from puma.embed import EmbeddingStore, RetrieverEncoder, atomic_write, embed_pool, embed_queries, file_sha256
+    from puma.embed import write_json_atomic
+    from puma.index import search
+
+    say = progress or (lambda msg: None)
+    root, out = Path(root), Path(out)
+    columns = list(columns or TABLE1_COLUMNS)
+    ev, emb_cfg = settings.evaluate, settings.embed
+    _check_files(root, columns)
+    instructions = load_instructions(root / INSTRUCTIONS_FILE)
+    doc_encoder, query_encoder = RetrieverEncoder(retriever, False), RetrieverEncoder(retriever, True)
+
+    # 1. Every distinct local pool once (the global pool is their concatenation: no re-embedding).
+    pools: dict[str, EmbeddingStore] = {}
+    for col in columns:
+        if col.pool_file not in pools:
+            say(f"embedding pool {col.pool_file}")
+            pools[col.pool_file] = embed_pool(
+                doc_encoder, root / col.pool_file, root, out / "embeddings" / "pools" / col.name,
+                model_dir=model_dir, shard_size=emb_cfg.shard_size, batch_size=emb_cfg.batch_size,
+                dtype=emb_cfg.dtype, num_workers=num_workers)
+    # 2. Queries with their seeded instructions.
+    extra = {"instruction_seed": ev.instruction_seed, "instructions_sha256": file_sha256(root / INSTRUCTIONS_FILE)}
+    per_col, query_embs = [], []
+    for col in columns:
+        cq = column_queries(col, root, instructions, ev.instruction_seed)
+        say(f"embedding {len(cq.qids)} queries of {col.name}")
+        store = embed_queries(query_encoder, root / col.query_file, list(zip(cq.qids, cq.items)),
+                              out / "embeddings" / "queries" / col.name, model_dir=model_dir, extra=extra,
+                              batch_size=emb_cfg.batch_size, shard_size=emb_cfg.shard_size,
+                              num_workers=num_workers)
+        per_col.append(cq)
+        query_embs.append(store.load()[0])  # (Q_c, H) float32
+    # 3. Search: local per column; global once for all queries together (one pass over the big pool).
+    top = ev.top_k_saved
+    results = {"local": [], "global": []}
+    if "local" in ev.pools:
+        for col, q in zip(columns, query_embs):
+            results["local"].append(search(q, pools[col.pool_file].shards(), top))
+    if "global" in ev.pools:
+        def global_shards():
+            for store in pools.values():
+                yield from store.shards()
+        allq = np.concatenate(query_embs)
+        res = search(allq, global_shards(), top)
+        bounds = np.cumsum([0] + [len(q) for q in query_embs])
+        results["global"] = [_slice(res, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    # 4. Metrics, chance level, per-query records.
+    pool_sizes = {f: s.manifest["count"] for f, s in pools.items()}
+    global_size = sum(pool_sizes.values())
+    recalls: dict[str, dict[str, float]] = {p: {} for p in results if results[p]}
+    chance: dict[str, dict[str, float]] = {p: {} for p in recalls}
+    topk_lines = []
+    for i, (col, cq) in enumerate(zip(columns, per_col)):
+        k = ev.k_for(col.name)
+        local_ids = {did for shard in pools[col.pool_file].shards() for did in shard.ids}
+        in_pool = [len(rel & local_ids) for rel in cq.relevant]
+        for pool in recalls:
+            res = results[pool][i]
+            recalls[pool][col.name] = recall_at_k(res.ids, cq.relevant, k)
+            size = pool_sizes[col.pool_file] if pool == "local" else global_size
+            chance[pool][col.name] = chance_recall_at_k(size, in_pool, k)
+            for qi, qid in enumerate(cq.qids):
+                ranked = res.ids[qi]
+                topk_lines.append({"column": col.name, "pool": pool, "qid": qid, "k": k,
+                                   "hit": any(c in cq.relevant[qi] for c in ranked[:k]), "ids": ranked,
+                                   "scores": [round(float(s), 5) for s in res.scores[qi][: len(ranked)]],
+                                   "positives": sorted(cq.relevant[qi])})
+    metrics = {pool: summarise(recalls[pool], COLUMN_GROUPS) for pool in recalls}
+    chance_table = {pool: summarise(chance[pool], COLUMN_GROUPS) for pool in chance}
+    instr_lines = [{"column": col.name, "qid": qid, "index": idx, "instruction": text}
+                   for col, cq in zip(columns, per_col) for qid, (idx, text) in zip(cq.qids, cq.instructions)]
+    _write_jsonl(out / "topk.jsonl", topk_lines, atomic_write)
+    _write_jsonl(out / "instructions.jsonl", instr_lines, atomic_write)
+    write_json_atomic(out / "chance.json", chance_table)
+    write_json_atomic(out / "eval_meta.json", {
+        "model": str(model_dir), "data_root": str(root), "instruction_seed": ev.instruction_seed,
+        "k": {c.name: ev.k_for(c.name) for c in columns}, "queries": {c.name: len(q.qids) for c, q in zip(columns, per_col)},
+        "pool_sizes": {c.name: pool_sizes[c.pool_file] for c in columns}, "global_pool_size": global_size})
+    write_json_atomic(out / "metrics.json", metrics)  # last: its presence means the run finished
+    return metrics
+
+
+def describe_candidates(stores, wanted: set[str]) -> dict[str, tuple[str | None, str | None]]:
+    """id -> (text, absolute image path) for ``wanted`` ids, read from the pools behind embedding stores.
+
+    Streams each store's source pool (recorded in its manifest) and keeps only the wanted records.
+    """
+    from puma.data.schema import iter_candidates, resolve_image
+
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for store in stores:
+        source, root = store.manifest.get("source"), store.manifest.get("root")
+        if store.manifest.get("kind") != "documents" or not source or not Path(source).is_file():
+            continue
+        for cand in iter_candidates(source):
+            if cand.did in wanted:
+                found[cand.did] = (cand.txt, resolve_image(root or ".", cand.img_path))
+                if len(found) == len(wanted):
+                    return found
+    return found
+
+
+def _slice(res, lo: int, hi: int):
+    from puma.index import SearchResult
+
+    return SearchResult(res.scores[lo:hi], res.rows[lo:hi], res.ids[lo:hi])
+
+
+def _write_jsonl(path: Path, lines: list[dict], atomic_write) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.writelines(json.dumps(x) + "\n" for x in lines), mode="w")

@@ -2,8 +2,175 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+PARAMS = typer.Option("params.yaml", "--params", help="params file (plus PUMA_ env overrides)")
+
+
+def _settings(params: str):
+    from puma.config import ConfigError, load_settings
+
+    try:
+        return load_settings(params)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+def _device(device: str | None, shard_index: int = 0) -> str:
+    """Explicit device, else GPU ``shard_index % n_gpus`` when CUDA is present, else CPU."""
+    import torch
+
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{shard_index % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def _retriever(model: Path, settings, device: str):
+    from puma.model.retriever import PumaRetriever
+
+    if not (model / "config.json").is_file():
+        typer.echo(f"{model}: not a checkpoint directory (no config.json)", err=True)
+        raise typer.Exit(2)
+    return PumaRetriever.from_pretrained(model, device=device, dtype=settings.model.dtype,
+                                         attn_implementation=settings.model.attn_implementation)
+
+
+def embed(
+    model: Path = typer.Option(..., "--model", help="retriever checkpoint directory"),
+    pool: Path = typer.Option(..., "--pool", help="M-BEIR candidate pool jsonl"),
+    out: Path = typer.Option(..., "--out", help="output directory (shards + manifest); reruns resume"),
+    root: Path | None = typer.Option(None, "--root", help="dataset root for img_path (default: data.root)"),
+    shard_index: int = typer.Option(0, "--shard-index", help="this process embeds shards j % num-shards == i"),
+    num_shards: int = typer.Option(1, "--num-shards", help="number of processes sharing the pool"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="default: embed.batch_size"),
+    shard_size: int | None = typer.Option(None, "--shard-size", help="default: embed.shard_size"),
+    workers: int | None = typer.Option(None, "--workers", help="data-loader workers (default: runtime.num_workers)"),
+    device: str | None = typer.Option(None, "--device", help="default: cuda:<shard-index % GPUs> or cpu"),
+    params: str = PARAMS,
+) -> None:
+    """Embed a candidate pool into fixed-size fp16 shards (atomic, resumable, splittable over processes)."""
+    from puma.data.schema import DataError
+    from puma.embed import EmbeddingError, RetrieverEncoder, embed_pool
+
+    s = _settings(params)
+    dev = _device(device, shard_index)
+    retriever = _retriever(model, s, dev)
+    try:
+        store = embed_pool(
+            RetrieverEncoder(retriever, is_query=False), pool, root or s.data.root, out, model_dir=model,
+            shard_size=shard_size or s.embed.shard_size, batch_size=batch_size or s.embed.batch_size,
+            dtype=s.embed.dtype, shard_index=shard_index, num_shards=num_shards,
+            num_workers=s.runtime.num_workers if workers is None else workers, progress=typer.echo)
+    except (DataError, EmbeddingError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    missing = store.missing()
+    typer.echo(f"{out}: {store.num_shards - len(missing)}/{store.num_shards} shards done "
+               f"({store.manifest['count']} candidates, dim {store.manifest['dim']}, {store.manifest['dtype']})")
+
+
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="retriever checkpoint directory"),
+    data: Path | None = typer.Option(None, "--data", help="M-BEIR root (default: data.root)"),
+    out: Path = typer.Option(..., "--out", help="evaluation directory (metrics.json, topk.jsonl, ...)"),
+    column: list[str] = typer.Option(None, "--column", help="only these columns (e.g. cirr_task7); default all 16"),
+    workers: int | None = typer.Option(None, "--workers", help="data-loader workers (default: runtime.num_workers)"),
+    device: str | None = typer.Option(None, "--device"),
+    params: str = PARAMS,
+) -> None:
+    """M-BEIR Table 1: all columns on their local pools and the global pool -> metrics.json (percent)."""
+    import json
+
+    from puma.data.columns import column as column_by_name
+    from puma.data.schema import DataError
+    from puma.embed import EmbeddingError
+    from puma.evaluate import evaluate_table1
+
+    s = _settings(params)
+    try:
+        cols = [column_by_name(c) for c in column] if column else None
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(2) from None
+    retriever = _retriever(model, s, _device(device))
+    try:
+        metrics = evaluate_table1(retriever, model, data or s.data.root, out, s, columns=cols,
+                                  num_workers=s.runtime.num_workers if workers is None else workers,
+                                  progress=typer.echo)
+    except (DataError, EmbeddingError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({p: {k: metrics[p][k] for k in ("avg", "single", "mixed", "multi") if k in metrics[p]}
+                           for p in metrics}))
+    typer.echo(f"wrote {out / 'metrics.json'}")
+
+
+def search(
+    query: str = typer.Argument("", help="query text (may be empty with --image)"),
+    model: Path = typer.Option(..., "--model", help="retriever checkpoint directory"),
+    index: list[Path] = typer.Option(..., "--index", help="embedding dir(s) from `puma embed`; several = one pool"),
+    image: Path | None = typer.Option(None, "--image", help="query image"),
+    instruction: str | None = typer.Option(None, "--instruction", help="task instruction for the query"),
+    k: int = typer.Option(10, "-k", "--top-k", help="how many results"),
+    device: str | None = typer.Option(None, "--device"),
+    params: str = PARAMS,
+) -> None:
+    """Try the retriever: print the top-k candidates (rank, score, id, text / image path) for one query."""
+    from itertools import chain
+
+    from puma.embed import EmbeddingError, EmbeddingStore
+    from puma.evaluate import describe_candidates
+    from puma.index import search as exact_search
+
+    if not query and image is None:
+        typer.echo("error: give query text, --image, or both", err=True)
+        raise typer.Exit(2)
+    s = _settings(params)
+    try:
+        stores = [EmbeddingStore.open(d) for d in index]
+        retriever = _retriever(model, s, _device(device))
+        item = {"text": query or None, "image": str(image) if image else None, "instruction": instruction}
+        q = retriever.encode_query([item])  # (1, H), normalised
+        res = exact_search(q, chain.from_iterable(st.shards() for st in stores), k)
+    except EmbeddingError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    info = describe_candidates(stores, set(res.ids[0]))
+    for rank, (cid, score) in enumerate(zip(res.ids[0], res.scores[0]), 1):
+        text, img = info.get(cid, (None, None))
+        shown = " | ".join(x for x in (text, img) if x)
+        typer.echo(f"{rank:3d}  {score:.4f}  {cid}  {shown}")
+
+
+def report(
+    eval_dirs: list[Path] = typer.Argument(..., help="evaluation directories (first = main run)"),
+    out: Path = typer.Option(Path("reports"), "--out", help="report directory"),
+    name: list[str] = typer.Option(None, "--name", help="run names, one per directory"),
+    examples: int = typer.Option(4, "--examples", help="retrieved examples per report (image tasks)"),
+    data: Path | None = typer.Option(None, "--data", help="M-BEIR root for thumbnails (default: data.root)"),
+    params: str = PARAMS,
+) -> None:
+    """Markdown report (Table 1 local/global, chance, comparison) + DVC plots + examples with thumbnails."""
+    from puma.report import load_examples, write_report
+
+    s = _settings(params)
+    try:
+        ex = load_examples(eval_dirs[0], data or s.data.root, examples) if examples else None
+        path = write_report(eval_dirs, out, names=name or None, examples=ex)
+    except (FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
-    """Attach the retrieval commands to the root app (filled by the evaluation module)."""
+    """Attach the retrieval commands to the root app."""
+    app.command("embed")(embed)
+    app.command("evaluate")(evaluate)
+    app.command("search")(search)
+    app.command("report")(report)

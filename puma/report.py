@@ -1,0 +1,254 @@
+"""The evaluation report: a Table-1-shaped markdown table, DVC plots data, bars and retrieved examples.
+
+Inputs are evaluation directories written by :func:`puma.evaluate.evaluate_table1` (``metrics.json``,
+``chance.json``, ``topk.jsonl``). Outputs, under the report directory::
+
+    report.md                 Table 1 (local and global) for every run + chance level, group means
+    plots/recall_by_column.csv    column, local, global of the first run (DVC plot: bars per column)
+    plots/runs.csv            run, pool, avg, single, mixed, multi (DVC plot: run comparison)
+    recall_by_column.png      local vs global bars per column
+    examples.html             a few queries of image tasks with thumbnails of their top-5
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from puma.data.columns import TABLE1_COLUMNS, TASKS
+from puma.embed import atomic_write
+
+ARROW = {"text": "t", "image": "i", "image,text": "(i,t)"}
+SUMMARY_KEYS = ("single", "mixed", "multi", "avg")
+
+
+def task_label(task_id: int) -> str:
+    """``t→i`` style label of an M-BEIR task id."""
+    q, c = TASKS[task_id]
+    return f"{ARROW[q]}→{ARROW[c]}"
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def table1_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Markdown table: one row per run name, the 16 columns in paper order, group means and Avg."""
+    head = [f"{c.dataset} {task_label(c.task_id)}" for c in TABLE1_COLUMNS] + ["Single", "Mixed", "Multi", "Avg"]
+    keys = [c.name for c in TABLE1_COLUMNS] + list(SUMMARY_KEYS)
+    lines = ["| run | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for name, vals in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _text_bar(x: float, width: int = 30) -> str:
+    n = round(width * max(0.0, min(x, 100.0)) / 100)
+    return "█" * n + "·" * (width - n)
+
+
+def bars_markdown(metrics: Mapping[str, Mapping[str, float]]) -> str:
+    """Per-column local vs global recall as fixed-width text bars (readable in any viewer)."""
+    lines = ["```"]
+    for c in TABLE1_COLUMNS:
+        for pool in ("local", "global"):
+            if c.name in metrics.get(pool, {}):
+                v = metrics[pool][c.name]
+                lines.append(f"{c.name:20s} {pool:6s} {_text_bar(v)} {v:5.1f}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    def write(f):
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write, mode="w")
+
+
+def write_plots(runs: Mapping[str, Mapping[str, Mapping[str, float]]], plots_dir: Path) -> list[Path]:
+    """DVC plots data: per-column local/global of the first run, and the summary of every run."""
+    first = next(iter(runs.values()))
+    per_col = [[c.name, first.get("local", {}).get(c.name), first.get("global", {}).get(c.name)]
+               for c in TABLE1_COLUMNS]
+    summary = [[name, pool, *(m.get(pool, {}).get(k) for k in SUMMARY_KEYS)]
+               for name, m in runs.items() for pool in ("local", "global") if pool in m]
+    paths = [plots_dir / "recall_by_column.csv", plots_dir / "runs.csv"]
+    _write_csv(paths[0], ["column", "local", "global"], per_col)
+    _write_csv(paths[1], ["run", "pool", *SUMMARY_KEYS], summary)
+    return paths
+
+
+def bars_png(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Path | None:
+    """Grouped bars (local vs global) per column as a PNG; None when matplotlib is unavailable."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = [c.name for c in TABLE1_COLUMNS]
+    fig, ax = plt.subplots(figsize=(12, 4))
+    for offset, pool in ((-0.2, "local"), (0.2, "global")):
+        vals = [metrics.get(pool, {}).get(n, 0.0) for n in names]
+        ax.bar([i + offset for i in range(len(names))], vals, width=0.4, label=pool)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("Recall@k (%)")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return path
+
+
+def _thumb(path: str | None, size: int = 96) -> str:
+    """An <img> tag with an inline base64 JPEG thumbnail (the report is one self-contained file)."""
+    if not path:
+        return ""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
+    except OSError:
+        return f"<i>missing image {html.escape(str(path))}</i>"
+    return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+
+
+def examples_html(examples: Sequence[Mapping]) -> str:
+    """HTML page: per example the query (instruction, text, image) and its ranked candidates.
+
+    Each example: ``{"column", "qid", "instruction", "text", "image", "candidates": [{"id", "score",
+    "text", "image", "positive"}]}`` (images are absolute paths).
+    """
+    out = ["<!doctype html><meta charset='utf-8'><title>PUMA retrieved examples</title>",
+           "<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px;max-width:160px;"
+           "font-size:12px} .pos{background:#d4f7d4}</style><h1>Retrieved examples (local pool)</h1>"]
+    for ex in examples:
+        out.append(f"<h3>{html.escape(ex['column'])} · {html.escape(ex['qid'])}</h3><table><tr>")
+        q = f"<b>query</b><br>{_thumb(ex.get('image'))}<br><i>{html.escape(ex.get('instruction') or '')}</i>"
+        out.append(f"<td>{q}<br>{html.escape(ex.get('text') or '')}</td>")
+        for rank, cand in enumerate(ex["candidates"], 1):
+            cls = " class='pos'" if cand.get("positive") else ""
+            out.append(f"<td{cls}>#{rank} {cand['score']:.3f}<br>{_thumb(cand.get('image'))}<br>"
+                       f"{html.escape(cand.get('text') or '')}<br><small>{html.escape(cand['id'])}</small></td>")
+        out.append("</tr></table>")
+    return "\n".join(out)
+
+
+def load_examples(eval_dir: str | os.PathLike, root: str | os.PathLike, n: int, top: int = 5) -> list[dict]:
+    """Up to ``n`` examples for :func:`examples_html`: the first query of each image column (local pool).
+
+    Reads ``topk.jsonl`` / ``instructions.jsonl`` of an evaluation directory and resolves texts and
+    image paths from the query file and the column's pool (only the few records needed are kept).
+    """
+    from puma.data.columns import COLUMNS_BY_NAME
+    from puma.data.schema import iter_queries, resolve_image
+    from puma.embed import EmbeddingStore
+    from puma.evaluate import describe_candidates
+
+    eval_dir, root = Path(eval_dir), Path(root)
+    topk_path = eval_dir / "topk.jsonl"
+    if not topk_path.is_file():
+        raise FileNotFoundError(f"{topk_path}: no per-query results (run `puma evaluate` first)")
+    instr = {}
+    if (eval_dir / "instructions.jsonl").is_file():
+        for line in (eval_dir / "instructions.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            instr[(rec["column"], rec["qid"])] = rec["instruction"]
+    picked: dict[str, dict] = {}
+    with topk_path.open() as f:
+        for line in f:
+            rec = json.loads(line)
+            col = COLUMNS_BY_NAME.get(rec["column"])
+            if (rec["pool"] != "local" or col is None or rec["column"] in picked
+                    or "image" not in col.query_modality + col.cand_modality):
+                continue
+            picked[rec["column"]] = rec
+            if len(picked) == n:
+                break
+    examples = []
+    for name, rec in picked.items():
+        col = COLUMNS_BY_NAME[name]
+        query = next((q for q in iter_queries(root / col.query_file) if q.qid == rec["qid"]), None)
+        store = EmbeddingStore.open(eval_dir / "embeddings" / "pools" / name)
+        ids = rec["ids"][:top]
+        info = describe_candidates([store], set(ids))
+        examples.append({
+            "column": name, "qid": rec["qid"], "instruction": instr.get((name, rec["qid"])),
+            "text": query.query_txt if query else None,
+            "image": resolve_image(root, query.query_img_path) if query else None,
+            "candidates": [{"id": cid, "score": score, "text": info.get(cid, (None, None))[0],
+                            "image": info.get(cid, (None, None))[1], "positive": cid in rec["positives"]}
+                           for cid, score in zip(ids, rec["scores"])],
+        })
+    return examples
+
+
+def write_report(
+    eval_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    examples: Sequence[Mapping] | None = None,
+) -> Path:
+    """Write report.md (+ plots, PNG, examples.html) comparing one or more evaluation directories."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs = [Path(d) for d in eval_dirs]
+    if not dirs:
+        raise ValueError("write_report needs at least one evaluation directory")
+    names = list(names) if names else [d.name for d in dirs]
+    runs = {}
+    for name, d in zip(names, dirs):
+        path = d / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no metrics.json (run `puma evaluate` first)")
+        runs[name] = json.loads(path.read_text())
+    chance_path = dirs[0] / "chance.json"
+    chance = json.loads(chance_path.read_text()) if chance_path.is_file() else None
+    md = ["# PUMA on M-BEIR: Recall@k (%)", "",
+          "k = 10 for Fashion200K and FashionIQ, 5 otherwise; hit rate as in UniIR. "
+          "Chance = expected Recall@k of a random ranking.", ""]
+    for pool in ("local", "global"):
+        rows = {n: m[pool] for n, m in runs.items() if pool in m}
+        if chance and pool in chance:
+            rows["chance"] = chance[pool]
+        if rows:
+            md += [f"## {pool.capitalize()} pool", "", table1_markdown(rows), ""]
+    if len(runs) > 1:
+        base_name, base = next(iter(runs.items()))
+        md += [f"## Comparison (difference to `{base_name}`)", "", "| run | pool | " +
+               " | ".join(SUMMARY_KEYS) + " |", "|---|---|" + "---:|" * len(SUMMARY_KEYS)]
+        for name, m in list(runs.items())[1:]:
+            for pool in ("local", "global"):
+                if pool in m and pool in base:
+                    deltas = [m[pool].get(k, 0.0) - base[pool].get(k, 0.0) for k in SUMMARY_KEYS]
+                    md.append(f"| {name} | {pool} | " + " | ".join(f"{d:+.1f}" for d in deltas) + " |")
+        md.append("")
+    first = next(iter(runs.values()))
+    md += [f"## Per column, local vs global (`{names[0]}`)", "", bars_markdown(first), ""]
+    write_plots(runs, out / "plots")
+    if bars_png(first, out / "recall_by_column.png"):
+        md += ["![recall by column](recall_by_column.png)", ""]
+    if examples:
+        page = examples_html(examples)
+        atomic_write(out / "examples.html", lambda f: f.write(page), mode="w")
+        md += ["Retrieved examples with thumbnails: [examples.html](examples.html)", ""]
+    text = "\n".join(md)
+    atomic_write(out / "report.md", lambda f: f.write(text), mode="w")
+    return out / "report.md"
