@@ -130,6 +130,13 @@ class RuntimeSettings(_Section):
     gradient_checkpointing: bool = False
     num_workers: int = Field(0, ge=0)
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml11_no(cls, v: Any) -> Any:
+        # `dvc exp run -S` rewrites params.yaml as YAML 1.2 and drops the quotes around "no", which
+        # PyYAML (YAML 1.1) then reads as False: map it back to the string it was.
+        return "no" if v is False else v
+
 
 class EmbedSettings(_Section):
     batch_size: int = Field(64, ge=1)
