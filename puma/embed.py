@@ -101,6 +101,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     """Write via ``write(fileobj)`` to a temp file beside ``path``, then ``os.replace`` it in."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary readable files
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
