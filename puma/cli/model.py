@@ -20,3 +20,80 @@ def tiny(
 
     path = save_tiny(out, seed=seed, num_layers=layers)
     typer.echo(f"wrote tiny Qwen2-VL ({layers} layers, seed {seed}) to {path}")
+
+
+def _settings(params: Path):
+    from puma.config import ConfigError, load_settings
+
+    try:
+        return load_settings(params)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("prune")
+def prune(
+    base: str = typer.Option(None, "--base", help="checkpoint dir or hub id [params model.base]"),
+    layers: int = typer.Option(None, "--layers", help="k: decoder layers to keep [params model.prune_layers]"),
+    out: Path = typer.Option(..., "--out", help="directory for the pruned checkpoint"),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="params file (ret_token, ret_init, dtype)"),
+    device_map: str = typer.Option(None, "--device-map", help="e.g. auto / cuda:0 (large bases; never two copies)"),
+) -> None:
+    """Keep vision tower, embeddings, layers 0..k-1 and the final norm; save a standalone Qwen2VLModel."""
+    import json
+
+    import torch
+
+    from puma.model.prune import count_params, save_pruned
+
+    s = _settings(params).model
+    base = base or s.base
+    k = layers or s.prune_layers
+    try:
+        path = save_pruned(base, k, out, ret_token=s.ret_token, ret_init=s.ret_init,
+                           dtype=getattr(torch, s.dtype), device_map=device_map)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        typer.echo(f"prune failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    meta = json.loads((path / "config.json").read_text())["puma"]
+    from transformers import Qwen2VLModel
+
+    with torch.device("meta"):
+        from transformers import Qwen2VLConfig
+
+        counts = count_params(Qwen2VLModel(Qwen2VLConfig.from_pretrained(path)))
+    typer.echo(f"pruned {base} ({meta['depth']} layers) to k={k} -> {path}; [RET] id {meta['ret']['id']} "
+               f"({'added, init ' + meta['ret']['init'] if meta['ret']['added'] else 'existing'}); "
+               f"{counts['total']:,} parameters")
+
+
+@app.command("flops")
+def flops(
+    base: str = typer.Option("7b", "--base", help="2b | 7b (bundled hub configs) | config.json | checkpoint dir"),
+    layers: int = typer.Option(12, "--layers", help="k: decoder layers of the pruned model"),
+    image_tokens: int = typer.Option(300, "--image-tokens", help="merged visual tokens per sample (paper budget: 300)"),
+    text_tokens: int = typer.Option(60, "--text-tokens", help="all other tokens: template + instruction + text"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Forward FLOPs per sample, full depth vs the first K layers (vision tower included, no lm_head)."""
+    import json
+
+    from puma.model.flops import forward_flops, load_config
+
+    try:
+        config = load_config(base)
+    except FileNotFoundError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    full = forward_flops(config, image_tokens, text_tokens)
+    pruned = forward_flops(config, image_tokens, text_tokens, layers=layers)
+    if as_json:
+        typer.echo(json.dumps({"full": full.as_dict(), "pruned": pruned.as_dict()}, indent=2))
+        return
+    typer.echo(f"{base}: one sample = {image_tokens} image tokens + {text_tokens} text tokens "
+               f"(sequence {image_tokens + text_tokens}); TFLOPs, forward, no lm_head")
+    typer.echo(f"{'model':<10}{'layers':>7}{'vision':>9}{'decoder':>9}{'total':>9}")
+    for name, f in (("full", full), ("pruned", pruned)):
+        typer.echo(f"{name:<10}{f.layers:>7}{f.vision / 1e12:>9.3f}{f.decoder / 1e12:>9.3f}{f.total / 1e12:>9.3f}")
+    typer.echo(f"reduction: {100 * (1 - pruned.total / full.total):.1f}%")

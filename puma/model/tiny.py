@@ -8,8 +8,6 @@ milliseconds on a CPU. Deterministic for a seed: two builds with the same seed w
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -112,17 +110,11 @@ def build_tiny(seed: int = 0, num_layers: int = 8):
 
 def save_tiny(out: str | os.PathLike, seed: int = 0, num_layers: int = 8) -> Path:
     """Write the tiny checkpoint (safetensors + config + tokenizer + processor) to ``out`` atomically."""
+    from puma.model.io import atomic_dir
+
     out = Path(out)
     model, processor = build_tiny(seed, num_layers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

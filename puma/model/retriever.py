@@ -1,0 +1,197 @@
+"""``PumaRetriever``: the trained (or pruned) model behind sentence-transformers' encode API.
+
+    >>> from puma import PumaRetriever
+    >>> r = PumaRetriever.from_pretrained("artifacts/stage2/model")
+    >>> q = r.encode_query([{"text": "a red dress", "instruction": "Find the matching image."}])
+    >>> d = r.encode_document(["a red dress", {"image": "img/1.jpg"}], batch_size=64)
+    >>> scores = q @ d.T   # cosine similarity: embeddings are L2-normalised by default
+
+Inputs are sorted by length before batching and results are returned in input order; padding and
+attention masks make every embedding independent of its batch (one-by-one and batched agree to
+1e-5 in fp32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Qwen2VLModel
+
+from puma.model.encoding import collate, ret_states
+from puma.model.prompts import as_item
+from puma.model.ret import RET_TOKEN
+
+# Sort key weight of an image in "characters": images batch together, before long texts.
+_IMAGE_LENGTH = 10_000
+
+
+def _torch_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    return getattr(torch, dtype)
+
+
+class PumaRetriever:
+    """Embeds queries (with instruction) and documents (without) as ``[RET]`` states.
+
+    ``model`` is a ``Qwen2VLModel`` (or a peft model around one), ``processor`` its processor,
+    ``prompt`` the :class:`puma.config.PromptSettings` used for every input.
+    """
+
+    def __init__(self, model, processor, prompt=None, ret_token: str = RET_TOKEN):
+        from puma.config import PromptSettings
+
+        self.model = model.eval()
+        self.processor = processor
+        if prompt is None:
+            size = processor.image_processor.size
+            prompt = PromptSettings(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+        self.prompt = prompt
+        self.ret_token = ret_token
+        if processor.tokenizer.convert_tokens_to_ids(ret_token) in (None, processor.tokenizer.unk_token_id):
+            raise ValueError(f"the tokenizer has no {ret_token} token (prune with `puma model prune` to add it)")
+
+    # ---- loading and saving -------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        adapter: str | os.PathLike | None = None,
+        merge: bool = True,
+        prompt=None,
+        attn_implementation: str | None = None,
+    ) -> "PumaRetriever":
+        """Load a retriever from a checkpoint dir (or hub id), optionally with a LoRA adapter on top.
+
+        ``path`` may itself be a peft adapter dir (``adapter_config.json``): its
+        ``base_model_name_or_path`` is loaded as the base. ``adapter`` names an adapter dir to put on
+        ``path``; it must have been trained on the ``Qwen2VLModel`` of that base (module names
+        ``language_model.layers.N...``). ``merge=True`` folds the adapter into the weights.
+        The prompt settings saved by :meth:`save_pretrained` are used unless ``prompt`` is given.
+        """
+        from puma.model.processor import load_processor
+        from puma.model.prune import _quiet_transformers
+
+        path = Path(path) if Path(path).exists() else path
+        if adapter is None and isinstance(path, Path) and (path / "adapter_config.json").is_file():
+            adapter = path
+            path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        kwargs = {"dtype": _torch_dtype(dtype)}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        # A full ForConditionalGeneration checkpoint carries lm_head, which a retriever never uses.
+        with _quiet_transformers():
+            model = Qwen2VLModel.from_pretrained(path, **kwargs)
+        proc_dir = path
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter))
+            if merge:
+                model = model.merge_and_unload()
+            if (Path(adapter) / "tokenizer_config.json").is_file():
+                proc_dir = adapter
+        saved = (getattr(qwen_config(model), "puma", None) or {}).get("prompt")
+        if prompt is None and saved:
+            from puma.config import PromptSettings
+
+            prompt = PromptSettings(**saved)
+        ret_token = ((getattr(qwen_config(model), "puma", None) or {}).get("ret") or {}).get("token", RET_TOKEN)
+        retriever = cls(model, load_processor(proc_dir), prompt=prompt, ret_token=ret_token)
+        if device is not None:
+            retriever.model.to(device)
+        return retriever
+
+    def save_pretrained(self, out: str | os.PathLike) -> Path:
+        """Write model (or adapter, if unmerged peft) + processor + prompt settings to ``out`` atomically."""
+        from puma.model.io import atomic_dir
+
+        config = qwen_config(self.model)
+        config.puma = dict(getattr(config, "puma", None) or {}, prompt=self.prompt.model_dump(mode="json"))
+        with atomic_dir(out) as tmp:
+            self.model.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+        return Path(out)
+
+    # ---- encoding -----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_query(self, items, **kwargs):
+        """Embed queries: items with optional ``text``, ``image`` and ``instruction``. See :meth:`encode`."""
+        return self.encode(items, is_query=True, **kwargs)
+
+    def encode_document(self, items, **kwargs):
+        """Embed documents (candidates): items with ``text`` and/or ``image``, no instruction."""
+        return self.encode(items, is_query=False, **kwargs)
+
+    def encode(
+        self,
+        items: Any,
+        is_query: bool,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        normalize_embeddings: bool = True,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | torch.device | None = None,
+    ):
+        """Embed ``items`` -> ``(N, H)`` float32 (numpy, or a tensor with ``convert_to_tensor``).
+
+        A single item (str or dict) gives one ``(H,)`` vector. With both conversions off, a list of
+        ``(H,)`` tensors is returned (as sentence-transformers does). ``device`` moves the model there.
+        """
+        single = isinstance(items, (str, dict))
+        items = [items] if single else list(items)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        checked = [as_item(x, i, is_query) for i, x in enumerate(items)]
+        if device is not None and torch.device(device) != self.device:
+            self.model.to(device)
+        order = np.argsort([-_length(item) for item in checked], kind="stable")
+        chunks = []
+        starts = range(0, len(order), batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="Batches")
+        with torch.inference_mode():
+            for start in starts:
+                batch = [checked[i] for i in order[start : start + batch_size]]
+                inputs = collate(self.processor, batch, is_query, self.prompt, self.ret_token).to(self.device)
+                emb = ret_states(self.model, inputs).float()  # (b, H)
+                if normalize_embeddings:
+                    emb = torch.nn.functional.normalize(emb, dim=-1)
+                chunks.append(emb.cpu())
+        hidden = qwen_config(self.model).text_config.hidden_size
+        sorted_emb = torch.cat(chunks) if chunks else torch.empty(0, hidden)  # (N, H), sorted order
+        emb = torch.empty_like(sorted_emb)
+        emb[torch.from_numpy(order)] = sorted_emb  # back to input order
+        if convert_to_tensor:
+            return emb[0] if single else emb
+        if convert_to_numpy:
+            out = emb.numpy()
+            return out[0] if single else out
+        return emb[0] if single else list(emb)
+
+
+def _length(item: dict) -> int:
+    return len(item["text"] or "") + len(item["instruction"] or "") + (_IMAGE_LENGTH if item["image"] is not None else 0)
+
+
+def qwen_config(model):
+    """The ``Qwen2VLConfig`` of a Qwen2VLModel, a ForConditionalGeneration or a peft wrapper."""
+    from puma.model.prune import qwen2vl_model
+
+    return qwen2vl_model(model).config
+
