@@ -1,0 +1,158 @@
+"""Stage 1: layer-pruned self-distillation (paper section 4.2) on query/positive pairs (NLI).
+
+The student is the pruned checkpoint with a new LoRA adapter; the teacher is the frozen full-depth
+base on the same inputs, live or read from the teacher cache (``stage1.teacher``). Per step (Eq. 4)::
+
+    L = alpha1 * InfoNCE(student queries, gathered student positives)     (Eq. 3)
+      + alpha2 * distill(student [RET] states, teacher [RET] states)      (Eq. 2, queries and positives)
+
+with ``(alpha1, alpha2)`` from :func:`puma.losses.alpha_schedule` (``stage1.alpha_mode``). At the end
+the adapter is merged and a standalone checkpoint is written to ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from puma.config import Settings
+from puma.distributed import gather
+from puma.losses import alpha_schedule, distill_loss, info_nce, pretraining_loss
+from puma.train.loop import StageSpec, StepContext, gathered_weight, run_training
+from puma.train.student import PairBatch, PairCollator, RetEncoder, as_pair, load_lora_student, save_merged
+from puma.train.teacher_cache import TeacherCache, load_teacher, teacher_fingerprint, write_teacher_cache
+
+
+def nli_dataset(settings: Settings):
+    """The stage-1 training pairs (``data.nli_path``), from the data package."""
+    from puma.data.datasets import NLIPairs
+
+    return NLIPairs(settings.data.nli_path)
+
+
+class Teacher:
+    """Teacher ``[RET]`` states for a :class:`PairBatch`: a live frozen model or the on-disk cache."""
+
+    def __init__(self, model=None, cache: TeacherCache | None = None):
+        assert (model is None) != (cache is None), "exactly one of a live teacher and a cache"
+        self.model, self.cache = model, cache
+
+    @torch.no_grad()
+    def states(self, batch: PairBatch, device) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache.get(batch.keys).to(device)  # [2n, H]
+        from puma.model.encoding import ret_states
+
+        return ret_states(self.model, batch.inputs.to(device))  # [2n, H]
+
+
+def stage1_loss(
+    student: torch.nn.Module, teacher: Teacher, batch: PairBatch, ctx: StepContext, cfg
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 4 on one batch; returns (the loss to back-propagate, its logged terms)."""
+    states = student(batch.inputs.to(ctx.device))  # [2n, H]: n queries then n positives
+    s_q, s_c = states[: batch.n], states[batch.n :]
+    t = teacher.states(batch, ctx.device).to(states.dtype)
+    t_q, t_c = t[: batch.n], t[batch.n :]
+    contrastive = info_nce(gather(s_q), gather(s_c), cfg.tau)  # Eq. 3, in-batch negatives from all ranks
+    distill = distill_loss((s_q, s_c), (t_q, t_c), cfg.distill_kind, tau=cfg.tau)  # Eq. 2
+    alphas = alpha_schedule(ctx.global_step, ctx.total_steps, cfg.alpha_mode)
+    loss = pretraining_loss(contrastive, distill, alphas)  # Eq. 4
+    # Gradient of the gathered term is per-rank exact; DDP averages ranks, so scale it back (see loop).
+    backward = pretraining_loss(contrastive * gathered_weight(ctx), distill, alphas)
+    return backward, {"loss": loss.item(), "loss_contrastive": contrastive.item(),
+                      "loss_distill": distill.item(), "alpha1": alphas[0], "alpha2": alphas[1]}
+
+
+def _teacher(settings: Settings, model_dir: Path, ret_id: int, cache_dir: Path | None) -> Teacher:
+    if settings.stage1.teacher == "cache":
+        if cache_dir is None:
+            raise ValueError("stage1.teacher is 'cache' but no teacher cache directory was given")
+        cache = TeacherCache(cache_dir)
+        cache.check(teacher_fingerprint(settings.model.base, model_dir, ret_id))
+        return Teacher(cache=cache)
+    return Teacher(model=load_teacher(settings.model.base, model_dir, ret_id, getattr(torch, settings.model.dtype)))
+
+
+def train_stage1(
+    settings: Settings, model_dir: str | Path, out: str | Path, cache_dir: str | Path | None = None,
+    dataset=None, progress: bool = True,
+) -> dict[str, Any]:
+    """Run stage 1 from the pruned checkpoint ``model_dir``; the merged model goes to ``OUT/model``."""
+    from puma.train.loop import seed_everything
+
+    cfg, out, model_dir = settings.stage1, Path(out), Path(model_dir)
+    seed_everything(settings.seed)  # LoRA initialisation
+    peft_model, processor, ret_id = load_lora_student(model_dir, settings, cfg)
+    teacher = _teacher(settings, model_dir, ret_id, Path(cache_dir) if cache_dir else None)
+    dataset = nli_dataset(settings) if dataset is None else dataset
+    if teacher.model is not None:
+        teacher.model.to("cuda" if torch.cuda.is_available() else "cpu")
+    spec = StageSpec(
+        name="stage1", model=RetEncoder(peft_model), dataset=dataset,
+        collate=PairCollator(processor, settings.prompt, settings.model.ret_token),
+        compute_loss=lambda model, batch, ctx: stage1_loss(model, teacher, batch, ctx, cfg),
+        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, checkpoint_every=cfg.checkpoint_every,
+        params=_params(settings, "stage1"),
+    )
+    result = run_training(spec, settings, out, progress=progress)
+    summary = _summary(result)
+    if _is_main():
+        save_merged(result.model.model, processor, settings, out / "model",
+                    {"stage1": {"steps": result.state.global_step, "teacher": cfg.teacher,
+                                "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind}})
+    return summary
+
+
+def build_teacher_cache(
+    settings: Settings, model_dir: str | Path, out: str | Path, dataset=None, batch_size: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Compute the teacher's ``[RET]`` states for every query and positive of the stage-1 data."""
+    from puma.model.processor import load_processor
+
+    model_dir = Path(model_dir)
+    processor = load_processor(model_dir, settings.prompt.min_pixels, settings.prompt.max_pixels)
+    ret_id = processor.tokenizer.convert_tokens_to_ids(settings.model.ret_token)
+    teacher = load_teacher(settings.model.base, model_dir, ret_id, getattr(torch, settings.model.dtype))
+    teacher.to("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = nli_dataset(settings) if dataset is None else dataset
+    bs = batch_size or settings.embed.batch_size
+
+    def batches():
+        pairs = [as_pair(dataset[i]) for i in range(len(dataset))]
+        for start in range(0, len(pairs), bs):
+            chunk = pairs[start : start + bs]
+            yield [q if not isinstance(q, str) else {"text": q} for q, _ in chunk], True
+            yield [p if not isinstance(p, str) else {"text": p} for _, p in chunk], False
+
+    return write_teacher_cache(out, teacher, processor, settings.prompt, batches(),
+                               teacher_fingerprint(settings.model.base, model_dir, ret_id),
+                               shard_size=settings.embed.shard_size, progress=progress)
+
+
+def _params(settings: Settings, stage: str) -> dict[str, Any]:
+    """Everything tracking should know: all of params.yaml, flattened (k, lambda, tau, LoRA, ...)."""
+    return {k: v for k, v in settings.flat().items() if not k.startswith(("evaluate.", "embed."))}
+
+
+def _summary(result) -> dict[str, Any]:
+    hist = result.history
+    head = hist[: max(1, len(hist) // 10)]
+    tail = hist[-max(1, len(hist) // 10):]
+
+    def mean(rows, key):
+        vals = [r[key] for r in rows if key in r]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"steps": result.state.global_step, "resumed_from": result.resumed_from,
+            "loss_first": mean(head, "loss"), "loss_last": mean(tail, "loss")}
+
+
+def _is_main() -> bool:
+    from puma import distributed
+
+    return distributed.rank() == 0

@@ -1,0 +1,132 @@
+"""What both stages share about the model: LoRA on a checkpoint, the [RET] encoder, pairs, the final save.
+
+- :func:`load_lora_student` puts a fresh LoRA adapter (peft) on the decoder's q/k/v/o/gate/up/down
+  projections of a standalone checkpoint, and makes the ``[RET]`` embedding row trainable (peft
+  ``trainable_token_indices``) or leaves it frozen (``model.ret_trainable``).
+- :class:`RetEncoder` is the module the trainer optimises: ``forward(batch) -> [B, H]`` ``[RET]`` states,
+  so accelerate/DDP see one ordinary module with one forward per step.
+- :class:`PairCollator` turns dataset examples (query item, positive item) into one joined batch.
+- :func:`save_merged` merges the adapter and writes a standalone retriever checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import BatchFeature
+
+from puma.model.encoding import collate, ret_states
+from puma.train.batching import concat_batches, row_keys
+
+# Decoder projections only: Qwen2-VL's vision blocks use fused `qkv`/`proj`/`fc1`/`fc2` and the merger
+# an `mlp` Sequential, so anchoring on `language_model` keeps the vision tower frozen by construction.
+LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+def load_lora_student(model_dir: str | Path, settings, stage_cfg, dtype=None):
+    """Load the checkpoint at ``model_dir`` as a ``Qwen2VLModel`` with a new LoRA adapter (peft)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2VLModel
+
+    from puma.model.processor import load_processor
+    from puma.model.prune import _quiet_transformers
+
+    processor = load_processor(model_dir, settings.prompt.min_pixels, settings.prompt.max_pixels)
+    ret_id = processor.tokenizer.convert_tokens_to_ids(settings.model.ret_token)
+    with _quiet_transformers():
+        base = Qwen2VLModel.from_pretrained(model_dir, dtype=dtype or getattr(torch, settings.model.dtype),
+                                            attn_implementation=settings.model.attn_implementation)
+    config = LoraConfig(
+        r=stage_cfg.lora_r,
+        lora_alpha=stage_cfg.lora_alpha,
+        lora_dropout=stage_cfg.lora_dropout,
+        target_modules=LORA_TARGETS,
+        # decision 3: the [RET] row is a real, trained embedding (reference: frozen, never trained).
+        trainable_token_indices={"embed_tokens": [ret_id]} if settings.model.ret_trainable else None,
+    )
+    model = get_peft_model(base, config)
+    return model, processor, ret_id
+
+
+class RetEncoder(torch.nn.Module):
+    """``forward(batch) -> [B, H]``: un-normalised final-norm ``[RET]`` states of the wrapped model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: BatchFeature) -> torch.Tensor:
+        return ret_states(self.model, batch)
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.model.gradient_checkpointing_enable(**kwargs)
+
+
+def candidate_modality(item: dict) -> str:
+    """The M-BEIR modality string of an item from what it holds (M-BEIR's rule for candidates)."""
+    has_text, has_image = bool(item.get("text")), item.get("image") is not None
+    return "image,text" if has_text and has_image else "image" if has_image else "text"
+
+
+def as_pair(example: Any) -> tuple[Any, Any]:
+    """``(query item, positive item)`` from a dataset example: a dict with ``query`` and ``positive``
+    (or ``pos`` / ``candidate``), or a ``(query, positive, ...)`` tuple."""
+    if isinstance(example, dict):
+        for key in ("positive", "pos", "candidate"):
+            if "query" in example and key in example:
+                return example["query"], example[key]
+        raise KeyError(f"training example has keys {sorted(example)}; expected 'query' and 'positive'")
+    if isinstance(example, (tuple, list)) and len(example) >= 2:
+        return example[0], example[1]
+    raise TypeError(f"training example must be a dict or a (query, positive) tuple, got {type(example).__name__}")
+
+
+def _as_dict(item: Any) -> dict:
+    return {"text": item} if isinstance(item, str) else dict(item)
+
+
+@dataclass
+class PairBatch:
+    """One training step's input: ``inputs`` holds the ``n`` queries, then the ``n`` positives."""
+
+    inputs: BatchFeature
+    n: int
+    keys: list[str]  # content key per row (teacher cache)
+    cand_modality: list[str]  # M-BEIR modality of each positive (= each query's target modality)
+
+
+class PairCollator:
+    """Collates examples into a :class:`PairBatch` (picklable, so it can run in loader workers)."""
+
+    def __init__(self, processor, prompt_settings, ret_token: str):
+        self.processor = processor
+        self.prompt = prompt_settings
+        self.ret_token = ret_token
+        self.pad_id = processor.tokenizer.pad_token_id
+        self.vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+
+    def __call__(self, examples: list) -> PairBatch:
+        pairs = [as_pair(e) for e in examples]
+        queries = [_as_dict(q) for q, _ in pairs]
+        positives = [_as_dict(p) for _, p in pairs]
+        q = collate(self.processor, queries, True, self.prompt, self.ret_token)
+        c = collate(self.processor, positives, False, self.prompt, self.ret_token)
+        inputs = concat_batches(q, c, self.pad_id)
+        return PairBatch(inputs, len(pairs), row_keys(inputs, self.vision_start),
+                         [candidate_modality(p) for p in positives])
+
+
+def save_merged(model, processor, settings, out: str | Path, record: dict[str, Any]) -> Path:
+    """Merge the LoRA adapter into the weights and write a standalone retriever to ``out`` (atomic).
+
+    ``record`` is added to ``config.json["puma"]`` (stage, steps, losses) beside the pruning record.
+    """
+    from puma.model.retriever import PumaRetriever, qwen_config
+
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    config = qwen_config(merged)
+    config.puma = {**(getattr(config, "puma", None) or {}), **record}
+    return PumaRetriever(merged, processor, prompt=settings.prompt, ret_token=settings.model.ret_token).save_pretrained(out)
