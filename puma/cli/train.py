@@ -1,7 +1,101 @@
-"""``puma train ...``: see the subcommands' --help."""
+"""``puma train ...``: teacher cache, stage 1 (self-distillation) and stage 2 (MAC tuning).
+
+Each command reads ``--params`` and writes under ``--out``; a stage resumes by itself from the newest
+checkpoint in ``OUT/checkpoints`` when re-run with the same command. Multi-process runs go through
+``accelerate launch`` / ``torchrun`` around the same command (``runtime.num_processes``).
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file (+ PUMA_ env overrides)")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="show a progress bar")
+
+
+def _settings(params: Path):
+    from puma.config import ConfigError, load_settings
+
+    try:
+        return load_settings(params)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+def _launched_world() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _report(summary: dict, out: Path) -> None:
+    """Write OUT/metrics.json atomically (final numbers of the stage) and echo it (rank 0 only)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    path = out / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, path)
+    typer.echo(json.dumps(summary))
+
+
+@app.command("teacher-cache")
+def teacher_cache(
+    out: Path = typer.Option(Path("artifacts/teacher_cache"), "--out", help="cache directory to write"),
+    model: Path = typer.Option(Path("artifacts/pruned"), "--model", help="pruned student checkpoint (prompts, [RET])"),
+    params: Path = PARAMS,
+    batch_size: int = typer.Option(None, "--batch-size", help="teacher batch size [params embed.batch_size]"),
+    progress: bool = PROGRESS,
+) -> None:
+    """Compute the frozen full-depth teacher's [RET] states for the stage-1 data once (sharded, safetensors)."""
+    from puma.train.stage1 import build_teacher_cache
+
+    settings = _settings(params)
+    path = build_teacher_cache(settings, model, out, batch_size=batch_size, progress=progress)
+    typer.echo(f"wrote teacher cache to {path}")
+
+
+@app.command("stage1")
+def stage1(
+    out: Path = typer.Option(Path("artifacts/stage1"), "--out", help="run directory; the model goes to OUT/model"),
+    model: Path = typer.Option(Path("artifacts/pruned"), "--model", help="pruned checkpoint to train"),
+    cache: Path = typer.Option(Path("artifacts/teacher_cache"), "--cache",
+                               help="teacher cache (stage1.teacher: cache); built first when missing"),
+    params: Path = PARAMS,
+    progress: bool = PROGRESS,
+) -> None:
+    """Stage 1: LoRA + layer-pruned self-distillation (Eq. 2-4), then merge to OUT/model."""
+    from puma.train.stage1 import build_teacher_cache, train_stage1
+
+    settings = _settings(params)
+    if settings.stage1.teacher == "cache" and not (cache / "meta.json").is_file():
+        if _launched_world() > 1:  # the process group does not exist yet; the launcher's env says
+            typer.echo(f"{cache}: no teacher cache; run `puma train teacher-cache --out {cache}` first", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"{cache}: no teacher cache yet, building it")
+        build_teacher_cache(settings, model, cache, progress=progress)
+    summary = train_stage1(settings, model, out, cache_dir=cache, progress=progress)
+    _report(summary, out)
+
+
+@app.command("stage2")
+def stage2(
+    out: Path = typer.Option(Path("artifacts/stage2"), "--out", help="run directory; the model goes to OUT/model"),
+    model: Path = typer.Option(Path("artifacts/stage1/model"), "--model", help="stage-1 checkpoint to train"),
+    params: Path = PARAMS,
+    progress: bool = PROGRESS,
+) -> None:
+    """Stage 2: a new LoRA on the stage-1 model, MAC loss (Eq. 6-8) on the union training set."""
+    from puma.train.stage2 import train_stage2
+
+    settings = _settings(params)
+    summary = train_stage2(settings, model, out, progress=progress)
+    _report(summary, out)

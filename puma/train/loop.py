@@ -310,6 +310,24 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
     return TrainResult(accelerator.unwrap_model(model), state, history, resumed)
 
 
+def tracked_params(settings: Settings) -> dict[str, Any]:
+    """The params a training run logs: all of params.yaml flattened (k, lambda, tau, alpha mode, LoRA, ...)."""
+    return {k: v for k, v in settings.flat().items() if not k.startswith(("evaluate.", "embed."))}
+
+
+def summarize(result: TrainResult) -> dict[str, Any]:
+    """Steps and the mean loss over the first and the last tenth of this run's steps."""
+    hist = result.history
+    tenth = max(1, len(hist) // 10)
+
+    def mean(rows: list[dict[str, float]]) -> float | None:
+        vals = [r["loss"] for r in rows if "loss" in r]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"steps": result.state.global_step, "resumed_from": result.resumed_from,
+            "loss_first": mean(hist[:tenth]), "loss_last": mean(hist[-tenth:])}
+
+
 def gathered_weight(ctx: StepContext) -> float:
     """Factor for loss terms computed on gathered embeddings (see :mod:`puma.distributed`).
 
@@ -320,4 +338,4 @@ def gathered_weight(ctx: StepContext) -> float:
 
 
 __all__ = ["StageSpec", "StepContext", "StepLogger", "STEP_LOGGER_FACTORIES", "TrainResult", "run_training",
-           "epoch_batches", "gathered_weight", "seed_everything", "make_accelerator", "mlflow_logger_factory"]
+           "epoch_batches", "gathered_weight", "summarize", "tracked_params", "seed_everything", "make_accelerator", "mlflow_logger_factory"]

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
+from puma import distributed
 from puma.config import Settings
 from puma.distributed import gather
 from puma.losses import alpha_schedule, distill_loss, info_nce, pretraining_loss
-from puma.train.loop import StageSpec, StepContext, gathered_weight, run_training
+from puma.train.loop import StageSpec, StepContext, gathered_weight, run_training, summarize, tracked_params
 from puma.train.student import PairBatch, PairCollator, RetEncoder, as_pair, load_lora_student, save_merged
 from puma.train.teacher_cache import TeacherCache, load_teacher, teacher_fingerprint, write_teacher_cache
 
@@ -96,11 +97,11 @@ def train_stage1(
         compute_loss=lambda model, batch, ctx: stage1_loss(model, teacher, batch, ctx, cfg),
         epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
         warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, checkpoint_every=cfg.checkpoint_every,
-        params=_params(settings, "stage1"),
+        params=tracked_params(settings),
     )
     result = run_training(spec, settings, out, progress=progress)
-    summary = _summary(result)
-    if _is_main():
+    summary = summarize(result)
+    if distributed.rank() == 0:
         save_merged(result.model.model, processor, settings, out / "model",
                     {"stage1": {"steps": result.state.global_step, "teacher": cfg.teacher,
                                 "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind}})
@@ -132,27 +133,3 @@ def build_teacher_cache(
     return write_teacher_cache(out, teacher, processor, settings.prompt, batches(),
                                teacher_fingerprint(settings.model.base, model_dir, ret_id),
                                shard_size=settings.embed.shard_size, progress=progress)
-
-
-def _params(settings: Settings, stage: str) -> dict[str, Any]:
-    """Everything tracking should know: all of params.yaml, flattened (k, lambda, tau, LoRA, ...)."""
-    return {k: v for k, v in settings.flat().items() if not k.startswith(("evaluate.", "embed."))}
-
-
-def _summary(result) -> dict[str, Any]:
-    hist = result.history
-    head = hist[: max(1, len(hist) // 10)]
-    tail = hist[-max(1, len(hist) // 10):]
-
-    def mean(rows, key):
-        vals = [r[key] for r in rows if key in r]
-        return sum(vals) / len(vals) if vals else None
-
-    return {"steps": result.state.global_step, "resumed_from": result.resumed_from,
-            "loss_first": mean(head, "loss"), "loss_last": mean(tail, "loss")}
-
-
-def _is_main() -> bool:
-    from puma import distributed
-
-    return distributed.rank() == 0

@@ -1,0 +1,85 @@
+"""Stage 2: instruction tuning on the M-BEIR union training set with the MAC loss (paper section 4.3).
+
+A new LoRA adapter goes on the merged stage-1 model. Each epoch the dataset gives every training
+query one positive (sampled per epoch, seeded, by ``MBEIRTrain.set_epoch``). Per step::
+
+    L = MAC(queries, gathered positives; tau0, tau_hard(epoch))        (Eq. 6-8, Algorithm 1)
+
+where each query's target modality is its positive's modality, the candidates' modalities are
+gathered with the embeddings, and ``tau_hard`` decays with the (fractional) epoch per ``mac.form``.
+``mac.enabled: false`` trains with plain InfoNCE at ``stage2.tau`` instead (Table 3 ablation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from puma import distributed
+from puma.config import Settings
+from puma.distributed import gather
+from puma.losses import info_nce, mac_loss, modality_ids, tau_hard_schedule
+from puma.train.loop import StageSpec, StepContext, gathered_weight, run_training, summarize, tracked_params
+from puma.train.student import PairBatch, PairCollator, RetEncoder, load_lora_student, save_merged
+
+
+def mbeir_dataset(settings: Settings):
+    """The stage-2 training set (union_train queries with their positives), from the data package."""
+    from puma.data.datasets import MBEIRTrain
+
+    return MBEIRTrain(settings.data.root, seed=settings.seed)
+
+
+def current_tau_hard(settings: Settings, ctx: StepContext) -> float:
+    """Eq. 8 at this step: the epoch counts fractionally (as the reference trainer's ``state.epoch``)."""
+    epochs_done = ctx.global_step / ctx.steps_per_epoch
+    total_epochs = ctx.total_steps / ctx.steps_per_epoch  # max_steps may end training early
+    return tau_hard_schedule(settings.stage2.tau, settings.mac.lambda_, epochs_done, total_epochs, settings.mac.form)
+
+
+def stage2_loss(
+    model: torch.nn.Module, batch: PairBatch, ctx: StepContext, settings: Settings
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MAC (or InfoNCE) on one batch with negatives gathered from every process."""
+    states = model(batch.inputs.to(ctx.device))  # [2n, H]: n queries then their n positives
+    q, c = gather(states[: batch.n]), gather(states[batch.n :])  # [N, H] each, N = n * world
+    tau = settings.stage2.tau
+    metrics: dict[str, float] = {}
+    if settings.mac.enabled:
+        mods = gather(modality_ids(batch.cand_modality, ctx.device))  # [N]: each positive's modality
+        tau_hard = current_tau_hard(settings, ctx)
+        # Query i's target modality is its positive's modality (Algorithm 1's modality_target).
+        loss = mac_loss(q, c, mods, mods, tau, tau_hard, reverse=settings.mac.reverse)
+        metrics["tau_hard"] = tau_hard
+    else:
+        loss = info_nce(q, c, tau)
+    metrics["loss"] = loss.item()
+    return loss * gathered_weight(ctx), metrics
+
+
+def train_stage2(
+    settings: Settings, model_dir: str | Path, out: str | Path, dataset=None, progress: bool = True
+) -> dict[str, Any]:
+    """Run stage 2 from the stage-1 checkpoint ``model_dir``; the merged retriever goes to ``OUT/model``."""
+    from puma.train.loop import seed_everything
+
+    cfg, out = settings.stage2, Path(out)
+    seed_everything(settings.seed)
+    peft_model, processor, _ = load_lora_student(model_dir, settings, cfg)
+    dataset = mbeir_dataset(settings) if dataset is None else dataset
+    spec = StageSpec(
+        name="stage2", model=RetEncoder(peft_model), dataset=dataset,
+        collate=PairCollator(processor, settings.prompt, settings.model.ret_token),
+        compute_loss=lambda model, batch, ctx: stage2_loss(model, batch, ctx, settings),
+        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, checkpoint_every=cfg.checkpoint_every,
+        params=tracked_params(settings),
+    )
+    result = run_training(spec, settings, out, progress=progress)
+    summary = summarize(result)
+    if distributed.rank() == 0:
+        save_merged(result.model.model, processor, settings, out / "model",
+                    {"stage2": {"steps": result.state.global_step, "mac": settings.mac.model_dump(by_alias=True)}})
+    return summary
