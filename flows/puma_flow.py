@@ -181,7 +181,7 @@ def pipeline_summary(root: Path) -> dict[str, Any]:
         reg = json.loads(registry.read_text())
         out["mlflow_run"] = reg.get("parent_run_id")
         out["model_version"] = reg.get("version")
-        out["global.average"] = reg.get("global.average")
+        out["global.avg"] = reg.get("global.avg")
         out["promotion"] = (reg.get("promotion") or {}).get("reason")
     return out
 

@@ -30,8 +30,9 @@ from puma.config import Settings
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 # The gate's score: the plain mean of the 16 Table-1 columns on the global pool (paper Table 11).
-GATE_METRIC = "global.average"
+GATE_METRIC = "global.avg"
 PARENT_ENV = "PUMA_MLFLOW_PARENT_RUN_ID"  # set by a caller (e.g. the Prefect flow) to reuse its run
+_SUMMARY_KEYS = ("avg", "single", "mixed", "multi")  # non-column keys of a metrics.json pool table
 _MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 _MAX_METRICS_PER_BATCH = 1000
 
@@ -45,11 +46,15 @@ class TrackingError(RuntimeError):
 
 @dataclass(frozen=True)
 class EvalCheck:
-    """Whether a ``metrics.json`` is a complete evaluation, and its flattened scores."""
+    """Whether a ``metrics.json`` is a complete evaluation, and its flattened scores.
+
+    ``metrics.json`` (written by :func:`puma.evaluate.evaluate_table1`) is ``{pool: {column: percent,
+    "avg": mean of the columns, "single"/"mixed"/"multi": group means}}`` for pool in local/global.
+    """
 
     complete: bool
     reason: str
-    scores: dict[str, float]  # "local.visualnews_task0" -> recall (percent), "global.average" -> ...
+    scores: dict[str, float]  # "local.visualnews_task0" -> recall (percent), "global.avg" -> ...
 
 
 def _expected_columns() -> list[str] | None:
@@ -65,7 +70,7 @@ def check_evaluation(metrics: dict[str, Any], pools: list[str], columns: list[st
     """Decide whether ``metrics`` (a parsed ``metrics.json``) is a complete evaluation.
 
     Complete means: no ``status`` other than ``complete``, every pool in ``pools`` present with every
-    expected column (``columns``, default the Table-1 columns) and an ``average``, all finite numbers.
+    expected column (``columns``, default the 16 Table-1 columns) and an ``avg``, all finite numbers.
     A failed or partial evaluation must never reach the champion alias, so anything missing is named.
     """
     columns = _expected_columns() if columns is None else columns
@@ -79,13 +84,9 @@ def check_evaluation(metrics: dict[str, Any], pools: list[str], columns: list[st
         if not isinstance(table, dict):
             problems.append(f"pool {pool!r} missing")
             continue
-        # Averages and per-column scores may sit flat or under "columns" (both forms are accepted).
-        cols = table.get("columns", table)
-        want = list(columns) if columns else [k for k in cols if k != "average"]
-        for name in [*want, "average"]:
-            val = cols.get(name, table.get(name))
-            if isinstance(val, dict):  # {"recall": x, "k": 5, ...}
-                val = val.get("recall", val.get("score"))
+        want = list(columns) if columns else [k for k in table if k not in _SUMMARY_KEYS]
+        for name in [*want, "avg"]:
+            val = table.get(name)
             if not isinstance(val, (int, float)) or isinstance(val, bool) or not math.isfinite(val):
                 problems.append(f"{pool}.{name} missing or not a finite number")
                 continue

@@ -14,7 +14,7 @@ COLUMNS = ["visualnews_task0", "mscoco_task0", "webqa_task1"]
 
 def _metrics(avg: float, status: str = "complete", drop: str | None = None) -> dict:
     table = {c: avg for c in COLUMNS if c != drop}
-    table["average"] = avg
+    table["avg"] = avg
     return {"status": status, "local": dict(table), "global": dict(table)}
 
 
@@ -57,13 +57,13 @@ def _register(store, monkeypatch, name, metrics, promote=True):
 
 def test_check_evaluation_names_what_is_missing():
     ok = tracking.check_evaluation(_metrics(50.0), ["local", "global"], COLUMNS)
-    assert ok.complete and ok.scores["global.average"] == 50.0 and len(ok.scores) == 8
+    assert ok.complete and ok.scores["global.avg"] == 50.0 and len(ok.scores) == 8
     partial = tracking.check_evaluation(_metrics(50.0, drop="mscoco_task0"), ["local", "global"], COLUMNS)
     assert not partial.complete and "local.mscoco_task0" in partial.reason
     failed = tracking.check_evaluation(_metrics(50.0, status="failed"), ["local", "global"], COLUMNS)
     assert not failed.complete and "failed" in failed.reason
     nan = _metrics(50.0)
-    nan["global"]["average"] = float("nan")
+    nan["global"]["avg"] = float("nan")
     assert not tracking.check_evaluation(nan, ["local", "global"], COLUMNS).complete
     assert not tracking.check_evaluation({"local": _metrics(1.0)["local"]}, ["local", "global"], COLUMNS).complete
 
@@ -75,7 +75,7 @@ def test_parent_and_nested_runs(store, monkeypatch):
     client = mlflow.MlflowClient(run.tracking_uri)
     parent = client.get_run(run.run_id)
     assert parent.data.params["mac.lambda"] == "0.5" and parent.data.params["model.prune_layers"] == "3"
-    assert parent.data.metrics["global.average"] == 40.0 and parent.data.tags["git.commit"]
+    assert parent.data.metrics["global.avg"] == 40.0 and parent.data.tags["git.commit"]
     assert set(run.stage_runs) == {"stage2", "evaluate"}
     child = client.get_run(run.stage_runs["stage2"])
     assert child.data.tags["mlflow.parentRunId"] == run.run_id
@@ -86,7 +86,7 @@ def test_parent_and_nested_runs(store, monkeypatch):
     assert {"params.yaml", "dvc.lock", "metrics.json", "git_commit.txt", "model"} <= arts
     mv = client.get_model_version_by_alias("runs-model", "challenger")
     assert str(mv.version) == version and mv.tags["k"] == "3" and mv.tags["lambda"] == "0.5"
-    assert mv.tags["score.global.average"] == "40.0000"
+    assert mv.tags["score.global.avg"] == "40.0000"
     local = tracking.download_model(settings, root=store)  # champion: the first complete version
     assert json.loads((local / "config.json").read_text())["model_type"] == "qwen2_vl"
 
@@ -128,3 +128,15 @@ def test_bad_metrics_file_names_it(tmp_path):
         tracking.read_metrics(bad)
     with pytest.raises(tracking.TrackingError, match="not found"):
         tracking.read_metrics(tmp_path / "missing.json")
+
+
+def test_default_columns_are_the_16_of_table1():
+    from puma.data.columns import TABLE1_COLUMNS
+
+    names = [c.name for c in TABLE1_COLUMNS]
+    full = {"local": {**{n: 1.0 for n in names}, "avg": 1.0}, "global": {**{n: 2.0 for n in names}, "avg": 2.0}}
+    ok = tracking.check_evaluation(full, ["local", "global"])
+    assert ok.complete and len(ok.scores) == 2 * 17
+    del full["global"][names[-1]]  # e.g. `puma evaluate --column ...` on a subset
+    bad = tracking.check_evaluation(full, ["local", "global"])
+    assert not bad.complete and f"global.{names[-1]}" in bad.reason
