@@ -1,8 +1,9 @@
 """Text like the project's data, for training the embedded tiny tokenizer offline.
 
 The tiny default's byte-level BPE is trained on sentences of the same kind the pipeline feeds it:
-M-BEIR-style instructions, scene captions and questions (the MBEIR-mini vocabulary in
-:mod:`puma.data.vocab`), and NLI-style sentence pairs, so token counts per input are realistic.
+the M-BEIR instruction phrasings MBEIR-mini writes, and captions, headlines, product descriptions,
+edits, entity questions/passages and NLI triples produced by the very functions of
+:mod:`puma.data.vocab` the generator uses, so token counts per input are realistic. Deterministic.
 """
 
 from __future__ import annotations
@@ -10,50 +11,49 @@ from __future__ import annotations
 import random
 
 from puma.data import vocab
+from puma.data.instructions import PHRASINGS
 
-# M-BEIR instruction phrasings (the flavour of instructions/query_instructions.tsv).
-INSTRUCTIONS = [
-    "Retrieve an image that matches the given caption.",
-    "Find a picture that corresponds to the description.",
-    "Identify the news image described by the headline.",
-    "Retrieve a Wikipedia paragraph that answers this question.",
-    "Find a passage that provides the answer to the question.",
-    "Retrieve a caption that describes the image.",
-    "Find a description for this fashion product photo.",
-    "Find an image that looks similar to the given image.",
-    "Retrieve the day-to-day image most similar to this one.",
-    "Given the image and the modification, find the target fashion image.",
-    "Retrieve an image that shows the reference image after the described change.",
-    "Retrieve a Wikipedia image and description that answer the question about this image.",
-    "Find the entity page that the image and question refer to.",
-    "Retrieve a news image and headline matching this description.",
-]
+INSTRUCTIONS = [p for prompts in PHRASINGS.values() for p in prompts]
 
-_NLI_SUBJECTS = ["A man", "A woman", "Two children", "A dog", "An old man", "A group of people", "A girl",
-                 "A boy", "The players", "A musician", "A chef", "Several workers"]
-_NLI_VERBS = ["is walking", "is running", "is sitting", "is playing", "is cooking", "is reading",
-              "is smiling", "is sleeping", "are talking", "is riding a bike", "is singing", "is swimming"]
-_NLI_PLACES = ["in the park", "on the street", "at the beach", "in a kitchen", "on a stage", "near the river",
-               "in the snow", "inside a house", "at the market", "on a field"]
+
+def _scene_sentence(rng: random.Random, kind: int) -> str:
+    obj = vocab.random_scene(rng, "object")
+    garment = vocab.random_scene(rng, "garment")
+    if kind == 0:
+        return vocab.coco_caption(obj, rng.randrange(3))
+    if kind == 1:
+        return vocab.news_caption(obj, rng.randrange(3))
+    if kind == 2:
+        return vocab.fashion_caption(garment, rng.randrange(3))
+    base = obj if kind == 3 else garment
+    after, attr = vocab.change_one(rng, base)
+    return vocab.edit_text(base, after, attr, rng.randrange(2))
+
+
+def _entity_sentence(rng: random.Random, catalog: list[vocab.Entity]) -> str:
+    e = rng.choice(catalog)
+    fact = rng.choice(vocab.FACTS + ("emblem",))
+    form = rng.randrange(4)
+    if form == 0:
+        return vocab.entity_question(e, fact, rng.randrange(2))
+    if form == 1:
+        return vocab.image_question("entity" if fact == "emblem" else fact, rng.randrange(2))
+    if form == 2:
+        return vocab.entity_passage(e, fact)
+    return vocab.emblem_title(e)
 
 
 def tokenizer_corpus(seed: int = 0, n: int = 4000) -> list[str]:
     """``n`` deterministic sentences covering captions, questions, edits, instructions and NLI text."""
     rng = random.Random(seed)
+    catalog = vocab.entity_catalog(random.Random(f"corpus:{seed}"))
     out = list(INSTRUCTIONS)
     for _ in range(n):
-        kind = rng.randrange(5)
-        color, shape, size = rng.choice(vocab.COLORS), rng.choice(vocab.SHAPES), rng.choice(vocab.SIZES)
-        pos, tex = rng.choice(vocab.POSITIONS), rng.choice(vocab.TEXTURES)
-        if kind == 0:
-            out.append(f"A {size} {color} {shape} with a {tex} pattern in the {pos} of the picture.")
-        elif kind == 1:
-            out.append(f"What color is the {shape} in the {pos}? The {shape} is {color}.")
-        elif kind == 2:
-            out.append(f"Make it {rng.choice(vocab.COLORS)} and change the {shape} to a {rng.choice(vocab.SHAPES)}.")
-        elif kind == 3:
-            out.append(f"{rng.choice(vocab.ENTITIES)} is known for its {color} {shape} emblem.")
+        kind = rng.randrange(7)
+        if kind < 5:
+            out.append(_scene_sentence(rng, kind))
+        elif kind == 5:
+            out.append(_entity_sentence(rng, catalog))
         else:
-            s = f"{rng.choice(_NLI_SUBJECTS)} {rng.choice(_NLI_VERBS)} {rng.choice(_NLI_PLACES)}."
-            out.append(s)
+            out.extend(vocab.nli_triple(rng))
     return out

@@ -1,16 +1,251 @@
-"""The closed world of MBEIR-mini scenes: the attribute values images and texts are built from.
+"""The closed world of MBEIR-mini: attribute values, entities, and the texts written about them.
 
-Shared by the synthetic data generator and the tiny tokenizer's training corpus.
+Shared by the synthetic data generator (:mod:`puma.data.synth`) and the tiny tokenizer's training
+corpus (:mod:`puma.data.corpus`), so every caption, question, edit, passage and NLI sentence the
+generator writes is made of the words the tokenizer was trained on. Pure Python, no randomness of its
+own: callers pass a ``random.Random``.
 """
 
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "pink", "brown", "gray", "cyan"]
+RGB = {
+    "red": (220, 30, 30), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 220, 40),
+    "purple": (130, 50, 170), "orange": (245, 140, 20), "black": (20, 20, 20), "white": (252, 252, 252),
+    "pink": (245, 150, 190), "brown": (120, 75, 35), "gray": (128, 128, 128), "cyan": (40, 210, 220),
+}
 SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross", "ring", "hexagon"]
 SIZES = ["small", "medium", "large"]
 POSITIONS = ["top left", "top right", "bottom left", "bottom right", "center"]
 TEXTURES = ["plain", "striped", "dotted", "checkered"]
-ENTITIES = [
-    "Aldermoor Castle", "Brightwater Bridge", "Cinder Peak", "Dunmore Abbey", "Elmsworth Tower",
-    "Falconridge Stadium", "Glenhaven Lighthouse", "Harrowgate Museum", "Ironvale Station", "Juniper Hall",
-    "Kestrel Harbor", "Larkspur Gardens", "Marrowby Mill", "Northcliff Observatory", "Oakhurst Library",
-    "Pinecrest Chapel",
+GARMENTS = ["dress", "shirt", "skirt", "trousers", "hat", "bag"]
+REGIONS = ["the north", "the south", "the east", "the west", "the valley", "the lowlands", "the hills", "the old town"]
+_NAME_HEADS = ["Alder", "Bright", "Cinder", "Dun", "Elms", "Falcon", "Glen", "Harrow", "Iron", "Juniper", "Kestrel",
+               "Lark", "Marrow", "North", "Oak", "Pine"]
+_NAME_TAILS = ["moor", "water", "ridge", "haven", "field", "crest"]
+_NAME_KINDS = ["Castle", "Bridge", "Tower", "Abbey", "Museum", "Station", "Library", "Harbor"]
+# Every entity name of the world: "Aldermoor Castle", ... (768 names).
+ENTITIES = [f"{h}{t} {k}" for k in _NAME_KINDS for h in _NAME_HEADS for t in _NAME_TAILS]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one MBEIR-mini image shows. ``kind``: object (MSCOCO/VisualNews/NIGHTS/CIRR scenes),
+    garment (Fashion200K/FashionIQ product photos, ``shape`` is a garment) or emblem (an entity's
+    emblem with its initials as small text). ``dx, dy, shade`` are render jitter, not described in text."""
+
+    kind: str
+    color: str
+    shape: str
+    size: str = "large"
+    position: str = "center"
+    texture: str = "plain"
+    label: str | None = None
+    dx: int = 0
+    dy: int = 0
+    shade: int = 0
+
+    def key(self) -> tuple:
+        """The attributes texts describe: two scenes with the same key are the same answer."""
+        if self.kind == "garment":
+            return (self.kind, self.color, self.shape, self.texture)
+        if self.kind == "emblem":
+            return (self.kind, self.color, self.shape, self.texture, self.label)
+        return (self.kind, self.color, self.shape, self.size, self.position, self.texture)
+
+
+def random_scene(rng: random.Random, kind: str = "object") -> Scene:
+    if kind == "garment":
+        return Scene("garment", rng.choice(COLORS), rng.choice(GARMENTS), "large", "center", rng.choice(TEXTURES))
+    return Scene(kind, rng.choice(COLORS), rng.choice(SHAPES), rng.choice(SIZES), rng.choice(POSITIONS),
+                 rng.choice(TEXTURES))
+
+
+def jitter(rng: random.Random, scene: Scene, px: int = 3) -> Scene:
+    """Same described scene, a slightly different picture (NIGHTS positives, re-shot photos)."""
+    return replace(scene, dx=rng.randint(-px, px), dy=rng.randint(-px, px), shade=rng.randint(-18, 18))
+
+
+EDITABLE = {"object": ("color", "shape", "size", "position", "texture"), "garment": ("color", "shape", "texture")}
+_VALUES = {"color": COLORS, "shape": SHAPES, "size": SIZES, "position": POSITIONS, "texture": TEXTURES}
+
+
+def change_one(rng: random.Random, scene: Scene, attr: str | None = None) -> tuple[Scene, str]:
+    """A copy of ``scene`` with one described attribute changed; returns (scene, attribute name)."""
+    attr = attr or rng.choice(EDITABLE[scene.kind])
+    values = GARMENTS if (attr == "shape" and scene.kind == "garment") else _VALUES[attr]
+    new = rng.choice([v for v in values if v != getattr(scene, attr)])
+    return replace(scene, **{attr: new}), attr
+
+
+# ---------------------------------------------------------------- texts about scenes
+
+
+def _pattern(t: str) -> str:
+    return "" if t == "plain" else f" with a {t} pattern"
+
+
+def coco_caption(s: Scene, variant: int) -> str:
+    """MSCOCO-style everyday caption."""
+    forms = [
+        f"A {s.size} {s.color} {s.shape}{_pattern(s.texture)} in the {s.position} of the picture.",
+        f"There is a {s.size} {s.texture} {s.color} {s.shape} at the {s.position}.",
+        f"A picture with a {s.color} {s.shape} that is {s.size} and {s.texture}, placed in the {s.position}.",
+    ]
+    return forms[variant % len(forms)]
+
+
+def news_caption(s: Scene, variant: int) -> str:
+    """VisualNews / EDIS-style headline."""
+    forms = [
+        f"City unveils a {s.size} {s.color} {s.shape} monument in the {s.position} of the main square.",
+        f"Crowds gather around a {s.texture} {s.color} {s.shape} sculpture at the {s.position} of the park.",
+        f"Officials report a {s.size} {s.color} {s.shape}{_pattern(s.texture)} seen in the {s.position} of town.",
+    ]
+    return forms[variant % len(forms)]
+
+
+def fashion_caption(s: Scene, variant: int) -> str:
+    """Fashion200K-style terse product description."""
+    forms = [f"{s.color} {s.texture} {s.shape}", f"{s.texture} {s.shape} in {s.color}", f"women's {s.color} {s.shape}, "
+             f"{s.texture} fabric"]
+    return forms[variant % len(forms)]
+
+
+def edit_text(before: Scene, after: Scene, attr: str, variant: int) -> str:
+    """FashionIQ / CIRR-style modification text turning ``before`` into ``after``."""
+    noun = before.shape
+    if before.kind == "garment":
+        forms = {
+            "color": [f"is {after.color} instead of {before.color}", f"make it {after.color}"],
+            "texture": [f"has a {after.texture} pattern", f"is {after.texture} instead of {before.texture}"],
+            "shape": [f"is a {after.shape} instead of a {noun}", f"make it a {after.shape}"],
+        }[attr]
+    else:
+        forms = {
+            "color": [f"make the {noun} {after.color}", f"change the color of the {noun} to {after.color}"],
+            "shape": [f"change the {noun} to a {after.shape}", f"replace the {noun} with a {after.shape}"],
+            "size": [f"make the {noun} {after.size}", f"the {noun} should be {after.size}"],
+            "position": [f"move the {noun} to the {after.position}", f"put the {noun} in the {after.position}"],
+            "texture": [f"give the {noun} a {after.texture} pattern", f"make the {noun} {after.texture}"],
+        }[attr]
+    return forms[variant % len(forms)]
+
+
+# ---------------------------------------------------------------- entities (WebQA, OVEN, InfoSeek)
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    emblem: Scene  # kind "emblem", label = the name's initials
+    year: int
+    region: str
+
+    @property
+    def kind(self) -> str:
+        return self.name.split()[-1].lower()
+
+
+def entity_catalog(rng: random.Random) -> list[Entity]:
+    """Every entity of the world with a random emblem, founding year and region."""
+    out = []
+    for name in ENTITIES:
+        initials = "".join(w[0] for w in name.split())
+        emblem = Scene("emblem", rng.choice(COLORS), rng.choice(SHAPES), "large", "center", rng.choice(TEXTURES),
+                       initials)
+        out.append(Entity(name, emblem, rng.randint(1700, 1999), rng.choice(REGIONS)))
+    return out
+
+
+FACTS = ("year", "region")
+
+
+def entity_question(e: Entity, fact: str, variant: int) -> str:
+    """A WebQA-style question about a named entity."""
+    forms = {
+        "year": [f"When was {e.name} founded?", f"In which year was {e.name} built?"],
+        "region": [f"Where is {e.name} located?", f"In which part of the country is {e.name}?"],
+        "emblem": [f"What does the emblem of {e.name} look like?", f"Which emblem does {e.name} have?"],
+    }[fact]
+    return forms[variant % len(forms)]
+
+
+def image_question(fact: str, variant: int) -> str:
+    """An OVEN / InfoSeek-style question about a pictured emblem (the entity is not named)."""
+    forms = {
+        "entity": ["Which place has this emblem?", "What is the name of the place shown by this emblem?"],
+        "year": ["When was the place with this emblem founded?", "In which year was this place built?"],
+        "region": ["Where is the place with this emblem?", "In which part of the country is this place?"],
+    }[fact]
+    return forms[variant % len(forms)]
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+def emblem_words(e: Entity) -> str:
+    s = e.emblem
+    return f"{_a(s.color)} {s.shape}{_pattern(s.texture)}"
+
+
+def entity_passage(e: Entity, fact: str) -> str:
+    """A Wikipedia-style passage about one fact of an entity; every passage also describes the emblem."""
+    if fact == "year":
+        return f"{e.name} was founded in {e.year}. Its emblem is {emblem_words(e)}."
+    if fact == "region":
+        return f"{e.name} is {_a(e.kind)} in {e.region}. Its emblem shows {emblem_words(e)}."
+    return f"{e.name} is {_a(e.kind)} known for its emblem, {emblem_words(e)}."
+
+
+def emblem_title(e: Entity) -> str:
+    return f"The emblem of {e.name}."
+
+
+# ---------------------------------------------------------------- NLI sentences (stage 1)
+
+# (subject, is_plural, paraphrases that entail it)
+NLI_SUBJECTS = [
+    ("A man", False, ["A guy", "A person"]), ("A woman", False, ["A lady", "A person"]),
+    ("Two children", True, ["Two kids", "Some children"]), ("A dog", False, ["An animal", "A pet dog"]),
+    ("An old man", False, ["An elderly man", "A man"]), ("A group of people", False, ["A crowd", "A group of persons"]),
+    ("A girl", False, ["A young girl", "A child"]), ("A boy", False, ["A young boy", "A child"]),
+    ("The players", True, ["The athletes", "Some players"]), ("A musician", False, ["A performer", "An artist"]),
+    ("A chef", False, ["A cook", "A person"]), ("Several workers", True, ["Some workers", "A few employees"]),
 ]
+# (activity, paraphrases, a contradicting activity)
+NLI_VERBS = [
+    ("walking", ["strolling", "taking a walk"], "sleeping"), ("running", ["jogging", "sprinting"], "sitting still"),
+    ("sitting", ["sitting down", "taking a seat"], "running"), ("playing", ["playing a game", "having fun"], "sleeping"),
+    ("cooking", ["preparing food", "making a meal"], "sleeping"), ("reading", ["reading a book", "looking at a book"],
+                                                                   "dancing"),
+    ("smiling", ["grinning", "looking happy"], "crying"), ("sleeping", ["taking a nap", "napping"], "running"),
+    ("talking", ["chatting", "having a conversation"], "sitting in silence"),
+    ("riding a bike", ["cycling", "riding a bicycle"], "walking"), ("singing", ["performing a song", "singing a song"],
+                                                                    "sleeping"),
+    ("swimming", ["taking a swim", "swimming around"], "sleeping"),
+]
+# (place, paraphrases)
+NLI_PLACES = [
+    ("in the park", ["in a park", "outdoors in a park"]), ("on the street", ["on a road", "outside on the street"]),
+    ("at the beach", ["on the beach", "by the sea"]), ("in a kitchen", ["inside a kitchen", "indoors in a kitchen"]),
+    ("on a stage", ["on stage", "in front of an audience"]), ("near the river", ["by the river", "close to a river"]),
+    ("in the snow", ["outside in the snow", "on snowy ground"]), ("inside a house", ["indoors", "in a home"]),
+    ("at the market", ["at a market", "among market stalls"]), ("on a field", ["on a grassy field", "outdoors on a field"]),
+]
+
+
+def nli_triple(rng: random.Random) -> tuple[str, str, str]:
+    """(premise, entailed paraphrase, contradiction): SimCSE's (sent0, sent1, hard_neg) by construction."""
+    subj, plural, subj_para = rng.choice(NLI_SUBJECTS)
+    verb, verb_para, verb_contra = rng.choice(NLI_VERBS)
+    place, place_para = rng.choice(NLI_PLACES)
+    be = "are" if plural else "is"
+    sent0 = f"{subj} {be} {verb} {place}."
+    sent1 = f"{rng.choice(subj_para)} {be} {rng.choice(verb_para)} {rng.choice(place_para)}."
+    hard_neg = f"{subj} {be} {verb_contra} {place}."
+    return sent0, sent1, hard_neg

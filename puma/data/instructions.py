@@ -1,0 +1,203 @@
+"""M-BEIR query instructions: the tsv, and a *seeded, recorded* choice of one phrasing per query.
+
+``instructions/query_instructions.tsv`` (with a header) has one row per (dataset id, query modality,
+candidate modality) and four phrasings. UniIR picks one at random with no seed, a documented source
+of irreproducible numbers; here the choice is a pure function of (seed, qid) and is returned with its
+index so evaluation can record it (REFERENCE.md decision 6). Columns, in UniIR's order::
+
+    query_modality  cand_modality  dataset  dataset_id  prompt_1  prompt_2  prompt_3  prompt_4
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from puma.data.schema import MODALITIES, DataError
+
+HEADER = ("query_modality", "cand_modality", "dataset", "dataset_id", "prompt_1", "prompt_2", "prompt_3",
+          "prompt_4")
+InstructionKey = tuple[int, str, str]  # (dataset_id, query_modality, cand_modality)
+
+# Our own phrasings in M-BEIR's style (paper Table 8 shows one of each); written by `puma data synth`.
+PHRASINGS: dict[tuple[str, int, str, str], list[str]] = {
+    ("VisualNews", 0, "text", "image"): [
+        "Based on the caption, provide the most fitting image for the news story.",
+        "Find the news photo that goes with this headline.",
+        "Retrieve the image that illustrates the following news caption.",
+        "Show me the picture that this news caption describes.",
+    ],
+    ("VisualNews", 0, "image", "text"): [
+        "Based on the shown image, retrieve an appropriate news caption.",
+        "Find the headline that belongs to this news photo.",
+        "Retrieve a news caption describing the displayed image.",
+        "Which news caption matches this picture?",
+    ],
+    ("MSCOCO", 9, "text", "image"): [
+        "Show me an image that best captures the following common scene description.",
+        "Find an everyday picture matching the description.",
+        "Retrieve the image described by this caption.",
+        "Which everyday image fits this caption best?",
+    ],
+    ("MSCOCO", 9, "image", "text"): [
+        "Find an image caption describing the following everyday image.",
+        "Retrieve the caption that describes this picture.",
+        "Describe this everyday image with the best matching caption.",
+        "Which caption fits the displayed scene?",
+    ],
+    ("Fashion200K", 1, "text", "image"): [
+        "Based on the following fashion description, retrieve the best matching image.",
+        "Find the product photo of the described garment.",
+        "Retrieve a fashion image that fits this description.",
+        "Show me the clothing item described below.",
+    ],
+    ("Fashion200K", 1, "image", "text"): [
+        "Based on the displayed image, retrieve the corresponding fashion description.",
+        "Find the product description of this garment.",
+        "Retrieve the text describing this fashion item.",
+        "Which description matches the clothing in the photo?",
+    ],
+    ("WebQA", 2, "text", "text"): [
+        "Retrieve passages from Wikipedia that provide answers to the following question.",
+        "Find a Wikipedia paragraph that answers this question.",
+        "Which passage answers the question below?",
+        "Retrieve a text snippet containing the answer to this question.",
+    ],
+    ("WebQA", 2, "text", "image,text"): [
+        "Find a Wikipedia image that answers this question.",
+        "Retrieve an image with its caption that answers the question.",
+        "Which captioned Wikipedia picture answers this question?",
+        "Find the image and description that answer the question below.",
+    ],
+    ("EDIS", 3, "text", "image,text"): [
+        "Identify the news photo for the given caption.",
+        "Find the news image and headline matching this description.",
+        "Retrieve a captioned news picture for the following text.",
+        "Which news photo with headline fits this caption?",
+    ],
+    ("NIGHTS", 4, "image", "image"): [
+        "Which everyday image is the most similar to the reference image?",
+        "Find the picture that looks most like this one.",
+        "Retrieve the image most similar to the given image.",
+        "Find a near copy of the displayed image.",
+    ],
+    ("OVEN", 5, "image,text", "text"): [
+        "Retrieve a Wikipedia paragraph that provides an answer to the given query about the image.",
+        "Find the entity description that answers the question about this picture.",
+        "Which Wikipedia passage names the entity shown in the image?",
+        "Retrieve the text about the entity in this image that answers the question.",
+    ],
+    ("OVEN", 5, "image,text", "image,text"): [
+        "Determine the Wikipedia image-snippet pair that clarifies the entity in this picture.",
+        "Find the entity page image and text for the thing shown here.",
+        "Retrieve the captioned Wikipedia picture of the entity in this image.",
+        "Which image and description identify the entity in the picture?",
+    ],
+    ("InfoSeek", 6, "image,text", "text"): [
+        "You have to find a Wikipedia segment that answers the question about the displayed image.",
+        "Retrieve the passage that answers this question about the picture.",
+        "Find a text snippet answering the question on the shown image.",
+        "Which Wikipedia segment answers the question about this image?",
+    ],
+    ("InfoSeek", 6, "image,text", "image,text"): [
+        "Determine the Wikipedia image-snippet pair that matches my question about this image.",
+        "Find the captioned image that answers the question about this picture.",
+        "Retrieve an image and passage that answer my question on the displayed image.",
+        "Which image-snippet pair answers the question about this picture?",
+    ],
+    ("FashionIQ", 7, "image,text", "image"): [
+        "With the reference image and modification instructions, find the described fashion look.",
+        "Find the garment that looks like this one after the requested change.",
+        "Retrieve the fashion image obtained by applying the edit to the reference.",
+        "Show me this clothing item modified as described.",
+    ],
+    ("CIRR", 8, "image,text", "image"): [
+        "I'm looking for a similar everyday image with the described changes.",
+        "Find the picture that shows the reference image after the modification.",
+        "Retrieve the image matching the reference with the described change.",
+        "Apply the change to this image and find the result.",
+    ],
+}
+
+
+def table_rows() -> list[list[str]]:
+    """The tsv rows (header first) for :data:`PHRASINGS`, in a fixed order."""
+    rows = [list(HEADER)]
+    for (name, did, qmod, cmod), prompts in PHRASINGS.items():
+        rows.append([qmod, cmod, name, str(did), *prompts])
+    return rows
+
+
+def write_instructions(path: str | Path) -> None:
+    """Write MBEIR-mini's ``query_instructions.tsv`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join("\t".join(r) + "\n" for r in table_rows()), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def parse_instructions(path: str | Path) -> tuple[dict[InstructionKey, list[str]], list[tuple[int, str]]]:
+    """Parse the tsv, returning the table and *all* problems as ``(line, message)`` (for validation)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}, [(0, "file not found")]
+    table: dict[InstructionKey, list[str]] = {}
+    where: dict[InstructionKey, int] = {}
+    problems: list[tuple[int, str]] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].strip():
+        return {}, [(1, "empty file (expected a header and one row per (dataset, modality pair))")]
+    for lineno, line in enumerate(lines[1:], 2):  # line 1 is the header
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r").split("\t")
+        if len(parts) < 5:
+            problems.append((lineno, f"expected >= 5 tab-separated fields (query_modality, cand_modality, "
+                                     f"dataset, dataset_id, prompts...), got {len(parts)}"))
+            continue
+        qmod, cmod, _name, did = parts[:4]
+        bad = [m for m in (qmod, cmod) if m not in MODALITIES]
+        if bad:
+            problems.append((lineno, f"unknown modality {bad[0]!r} (one of {', '.join(MODALITIES)})"))
+            continue
+        if not did.strip().isdigit():
+            problems.append((lineno, f"dataset_id must be an integer, got {did!r}"))
+            continue
+        prompts = [p.strip() for p in parts[4:] if p.strip()]
+        if not prompts:
+            problems.append((lineno, "no instruction phrasing in the row"))
+            continue
+        key = (int(did), qmod, cmod)
+        if key in table:
+            problems.append((lineno, f"duplicate row for {key} (first on line {where[key]})"))
+            continue
+        table[key], where[key] = prompts, lineno
+    if not table and not problems:
+        problems.append((1, "no instruction rows after the header"))
+    return table, problems
+
+
+def load_instructions(path: str | Path) -> dict[InstructionKey, list[str]]:
+    """(dataset_id, query_modality, cand_modality) -> phrasings; raises ``DataError(file:line)``."""
+    table, problems = parse_instructions(path)
+    if problems:
+        line, msg = problems[0]
+        raise DataError(f"{path}:{line}: {msg}" if line else f"{path}: {msg}")
+    return table
+
+
+def choose_instruction(table: dict[InstructionKey, list[str]], qid: str, dataset_id: int, query_modality: str,
+                       cand_modality: str, seed: int | str) -> tuple[int, str]:
+    """Pick one phrasing for a query, as ``(index, text)``: a pure function of ``(seed, qid)``.
+
+    sha256 rather than ``hash()`` so the choice is the same in every process and Python version.
+    """
+    key = (dataset_id, query_modality, cand_modality)
+    if key not in table:
+        raise DataError(f"no instruction row for dataset {dataset_id}, {query_modality} -> {cand_modality}")
+    prompts = table[key]
+    digest = hashlib.sha256(f"{seed}:{qid}".encode()).digest()
+    index = int.from_bytes(digest[:8], "big") % len(prompts)
+    return index, prompts[index]

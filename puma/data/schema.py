@@ -1,0 +1,369 @@
+"""M-BEIR records (queries, candidates, qrels) and their parsing, with file:line errors.
+
+The jsonl field names and the qrels layout are M-BEIR's (REFERENCE.md section 4)::
+
+    query:     {"qid", "query_txt", "query_img_path", "query_modality", "query_src_content",
+                "pos_cand_list", "neg_cand_list", "task_id"}
+    candidate: {"did", "txt", "img_path", "modality", "src_content"}
+    qrels:     "qid 0 did relevance task_id" per line, whitespace separated
+
+Every check lives here once: :mod:`puma.data.validate` collects *all* problems of a dataset with these
+functions, and the loaders below raise :class:`DataError` on the first bad line, before any output
+is written by their callers. Missing text or image is ``null`` (an empty string counts as missing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+MODALITIES = ("text", "image", "image,text")
+ID_RE = re.compile(r"^(\d+):(\d+)$")
+KNOWN_DATASET_IDS = frozenset(range(10))
+KNOWN_TASK_IDS = frozenset({0, 1, 2, 3, 4, 6, 7, 8})
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message starts with ``file:line:``."""
+
+
+@dataclass(frozen=True)
+class Query:
+    qid: str
+    query_txt: str | None
+    query_img_path: str | None
+    query_modality: str
+    query_src_content: str | None
+    pos_cand_list: list[str] = field(default_factory=list)
+    neg_cand_list: list[str] = field(default_factory=list)
+    task_id: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    did: str
+    txt: str | None
+    img_path: str | None
+    modality: str
+    src_content: str | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Qrel:
+    qid: str
+    did: str
+    relevance: int
+    task_id: int
+
+
+# ---------------------------------------------------------------- field rules (return problem strings)
+
+
+def id_problem(value: object, key: str) -> str | None:
+    """``<dataset_id>:<n>`` with a known dataset id (0..9)."""
+    if not isinstance(value, str):
+        return f"{key} must be a string '<dataset_id>:<n>', got {type(value).__name__}"
+    m = ID_RE.match(value)
+    if not m:
+        return f"{key} {value!r} is not shaped '<dataset_id>:<n>'"
+    if int(m.group(1)) not in KNOWN_DATASET_IDS:
+        return f"{key} {value!r} has unknown dataset id {m.group(1)} (M-BEIR has 0..9)"
+    return None
+
+
+def img_path_problem(value: str) -> str | None:
+    """An ``img_path`` must be relative to the dataset root and stay inside it."""
+    if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
+        return f"img_path {value!r} is absolute (must be relative to the dataset root)"
+    if ".." in PurePosixPath(value.replace("\\", "/")).parts:
+        return f"img_path {value!r} contains '..' (must stay inside the dataset root)"
+    return None
+
+
+def _present(value: object) -> bool:
+    return value is not None and value != ""
+
+
+def _modality_problems(modality: object, txt: object, img: object, txt_key: str, img_key: str,
+                       mod_key: str) -> list[str]:
+    probs = []
+    for key, val in ((txt_key, txt), (img_key, img)):
+        if val is not None and not isinstance(val, str):
+            probs.append(f"{key} must be a string or null, got {type(val).__name__}")
+    if not isinstance(modality, str) or modality not in MODALITIES:
+        probs.append(f"{mod_key} {modality!r} is not one of {', '.join(MODALITIES)}")
+        return probs
+    if probs:
+        return probs
+    want_txt, want_img = "text" in modality, "image" in modality
+    if want_txt != _present(txt):
+        probs.append(f"{mod_key} is {modality!r} but {txt_key} is {'missing' if want_txt else 'present'}")
+    if want_img != _present(img):
+        probs.append(f"{mod_key} is {modality!r} but {img_key} is {'missing' if want_img else 'present'}")
+    if _present(img) and isinstance(img, str):
+        p = img_path_problem(img)
+        if p:
+            probs.append(p)
+    return probs
+
+
+def _missing_keys(obj: dict, keys: tuple[str, ...]) -> list[str]:
+    return [f"missing field {k!r}" for k in keys if k not in obj]
+
+
+QUERY_KEYS = ("qid", "query_txt", "query_img_path", "query_modality", "query_src_content", "pos_cand_list",
+              "neg_cand_list", "task_id")
+CANDIDATE_KEYS = ("did", "txt", "img_path", "modality", "src_content")
+
+
+def query_problems(obj: object) -> list[str]:
+    """Everything wrong with one parsed query line (empty list if it is valid)."""
+    if not isinstance(obj, dict):
+        return [f"a query line must be a JSON object, got {type(obj).__name__}"]
+    probs = _missing_keys(obj, QUERY_KEYS)
+    if probs:
+        return probs
+    p = id_problem(obj["qid"], "qid")
+    if p:
+        probs.append(p)
+    probs += _modality_problems(obj["query_modality"], obj["query_txt"], obj["query_img_path"], "query_txt",
+                                "query_img_path", "query_modality")
+    if obj["query_src_content"] is not None and not isinstance(obj["query_src_content"], str):
+        probs.append("query_src_content must be a string or null")
+    for key in ("pos_cand_list", "neg_cand_list"):
+        val = obj[key]
+        if not isinstance(val, list):
+            probs.append(f"{key} must be a list of ids, got {type(val).__name__}")
+            continue
+        for did in val:
+            p = id_problem(did, f"{key} entry")
+            if p:
+                probs.append(p)
+    task = obj["task_id"]
+    if not isinstance(task, int) or isinstance(task, bool):
+        probs.append(f"task_id must be an integer, got {type(task).__name__}")
+    elif task not in KNOWN_TASK_IDS:
+        probs.append(f"task_id {task} is not an M-BEIR task (0-4, 6-8)")
+    return probs
+
+
+def candidate_problems(obj: object) -> list[str]:
+    """Everything wrong with one parsed candidate line (empty list if it is valid)."""
+    if not isinstance(obj, dict):
+        return [f"a candidate line must be a JSON object, got {type(obj).__name__}"]
+    probs = _missing_keys(obj, CANDIDATE_KEYS)
+    if probs:
+        return probs
+    p = id_problem(obj["did"], "did")
+    if p:
+        probs.append(p)
+    probs += _modality_problems(obj["modality"], obj["txt"], obj["img_path"], "txt", "img_path", "modality")
+    if obj["src_content"] is not None and not isinstance(obj["src_content"], str):
+        probs.append("src_content must be a string or null")
+    return probs
+
+
+def _none_if_empty(v: str | None) -> str | None:
+    return v if _present(v) else None
+
+
+def make_query(obj: dict) -> Query:
+    """Build a :class:`Query` from a line that passed :func:`query_problems`."""
+    return Query(obj["qid"], _none_if_empty(obj["query_txt"]), _none_if_empty(obj["query_img_path"]),
+                 obj["query_modality"], obj["query_src_content"], list(obj["pos_cand_list"]),
+                 list(obj["neg_cand_list"]), obj["task_id"])
+
+
+def make_candidate(obj: dict) -> Candidate:
+    """Build a :class:`Candidate` from a line that passed :func:`candidate_problems`."""
+    return Candidate(obj["did"], _none_if_empty(obj["txt"]), _none_if_empty(obj["img_path"]), obj["modality"],
+                     obj["src_content"])
+
+
+def parse_qrel_line(text: str) -> Qrel | str:
+    """One ``qid 0 did relevance task_id`` line -> :class:`Qrel`, or a problem string."""
+    parts = text.split()
+    if len(parts) != 5:
+        return f"a qrels line has 5 whitespace-separated fields (qid 0 did relevance task_id), got {len(parts)}"
+    qid, _, did, rel, task = parts
+    for p in (id_problem(qid, "qid"), id_problem(did, "did")):
+        if p:
+            return p
+    try:
+        relevance, task_id = int(rel), int(task)
+    except ValueError:
+        return f"relevance and task_id must be integers, got {rel!r} and {task!r}"
+    if task_id not in KNOWN_TASK_IDS:
+        return f"task_id {task_id} is not an M-BEIR task (0-4, 6-8)"
+    return Qrel(qid, did, relevance, task_id)
+
+
+# ---------------------------------------------------------------- file readers
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """Yield ``(line_number, parsed_object)``; a line that is not JSON raises ``DataError(file:line)``.
+
+    Blank lines are skipped; an empty file is an error (a truncated download looks like one).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    seen = False
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            seen = True
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not seen:
+        raise DataError(f"{path}:1: empty file (no records)")
+
+
+def _iter_records(path, problems_fn, make_fn, id_key, with_lines):
+    seen: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        probs = problems_fn(obj)
+        if probs:
+            raise DataError(f"{path}:{lineno}: {probs[0]}")
+        rid = obj[id_key]
+        if rid in seen:
+            raise DataError(f"{path}:{lineno}: duplicate {id_key} {rid!r} (first on line {seen[rid]})")
+        seen[rid] = lineno
+        yield (lineno, make_fn(obj)) if with_lines else make_fn(obj)
+
+
+def iter_queries(path: str | Path, with_lines: bool = False) -> Iterator[Query]:
+    """Stream the queries of an M-BEIR query jsonl; the first bad line raises ``DataError(file:line)``.
+
+    ``with_lines=True`` yields ``(line_number, Query)`` so callers can name the line of a later problem.
+    """
+    return _iter_records(path, query_problems, make_query, "qid", with_lines)
+
+
+def iter_candidates(path: str | Path, with_lines: bool = False) -> Iterator[Candidate]:
+    """Stream the candidates of a pool jsonl (pools can hold millions: never materialised here)."""
+    return _iter_records(path, candidate_problems, make_candidate, "did", with_lines)
+
+
+def load_queries(path: str | Path) -> list[Query]:
+    return list(iter_queries(path))
+
+
+def load_candidates(path: str | Path) -> list[Candidate]:
+    return list(iter_candidates(path))
+
+
+def iter_qrels(path: str | Path) -> Iterator[tuple[int, Qrel | str]]:
+    """``(line_number, Qrel or problem string)`` for every non-blank line of a qrels file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    seen = False
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                seen = True
+                yield lineno, parse_qrel_line(line)
+    if not seen:
+        raise DataError(f"{path}:1: empty file (no qrels)")
+
+
+def load_qrels(path: str | Path) -> dict[str, set[str]]:
+    """qid -> set of relevant dids (relevance > 0); a bad line raises ``DataError(file:line)``."""
+    out: dict[str, set[str]] = {}
+    for lineno, rec in iter_qrels(path):
+        if isinstance(rec, str):
+            raise DataError(f"{path}:{lineno}: {rec}")
+        if rec.relevance > 0:
+            out.setdefault(rec.qid, set()).add(rec.did)
+    return out
+
+
+NLI_COLUMNS = ("sent0", "sent1", "hard_neg")
+
+
+def scan_nli(path: str | Path) -> tuple[list[tuple[str, str]], list[tuple[int, str]]]:
+    """Read a SimCSE NLI csv (header ``sent0,sent1[,hard_neg]``): the (sent0, sent1) pairs and *all*
+    problems as ``(line, message)``. Only sent0 (query) and sent1 (positive) are used, as in the reference."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return [], [(0, "file not found")]
+    pairs: list[tuple[str, str]] = []
+    problems: list[tuple[int, str]] = []
+    with path.open("r", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return [], [(1, "empty file (expected the header sent0,sent1,hard_neg)")]
+        except csv.Error as e:
+            return [], [(1, f"not valid CSV: {e}")]
+        if [h.strip() for h in header[:2]] != ["sent0", "sent1"]:
+            return [], [(1, f"header must start with sent0,sent1 (SimCSE's columns), got {','.join(header)!r}")]
+        width = len(header)
+        start = reader.line_num
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) != width:
+                    problems.append((line, f"expected {width} fields ({','.join(header)}), got {len(row)}"))
+                elif not row[0].strip() or not row[1].strip():
+                    problems.append((line, "sent0 and sent1 must be non-empty"))
+                else:
+                    pairs.append((row[0], row[1]))
+        except csv.Error as e:
+            problems.append((reader.line_num, f"not valid CSV: {e}"))
+    if not pairs and not problems:
+        problems.append((start + 1, "no sentence pairs after the header"))
+    return pairs, problems
+
+
+# ---------------------------------------------------------------- items (what the encoders take)
+
+
+def resolve_image(root: str | Path, img_path: str | None) -> str | None:
+    """Absolute path of a record's image (``img_path`` is relative to the dataset root)."""
+    if img_path is None:
+        return None
+    return str((Path(root).resolve() / img_path))
+
+
+def query_item(query: Query, root: str | Path, instruction: str | None) -> dict:
+    """The encoder item of a query: ``{"text", "image" (absolute path), "instruction"}``."""
+    return {"text": query.query_txt, "image": resolve_image(root, query.query_img_path), "instruction": instruction}
+
+
+def candidate_item(cand: Candidate, root: str | Path) -> dict:
+    """The encoder item of a candidate (documents never carry an instruction)."""
+    return {"text": cand.txt, "image": resolve_image(root, cand.img_path), "instruction": None}
+
+
+def write_jsonl(path: str | Path, records) -> None:
+    """Write records (dataclasses with ``to_json`` or dicts) as jsonl, atomically (temp file + replace)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for rec in records:
+            obj = rec.to_json() if hasattr(rec, "to_json") else rec
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
