@@ -49,3 +49,45 @@ def synth_nli_cmd(
     path = synth_nli(out or s.nli_path, rows=s.nli_rows if rows is None else rows,
                      seed=s.synth_seed if seed is None else seed)
     typer.echo(f"wrote {path}")
+
+
+@app.command("validate")
+def validate_cmd(
+    path: Path = typer.Argument(None, help="M-BEIR root or NLI csv (default: data.root)"),
+    no_images: bool = typer.Option(False, "--no-image-open", help="only check images exist (do not open them)"),
+    max_shown: int = typer.Option(200, "--max-shown", help="print at most this many problems (all are counted)"),
+    params: str = typer.Option("params.yaml", "--params", help="params file"),
+) -> None:
+    """Check a dataset root (or an NLI csv); print every problem as file:line and exit 1 if any."""
+    from puma.data.validate import validate
+
+    path = path or _settings(params).data.root
+    problems, counts = validate(path, check_images=not no_images)
+    for p in problems[:max_shown]:
+        typer.echo(str(p), err=True)
+    if problems:
+        more = f" ({len(problems) - max_shown} not shown)" if len(problems) > max_shown else ""
+        typer.echo(f"{path}: {len(problems)} problem(s){more}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{path}: ok ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+
+
+@app.command("stats")
+def stats_cmd(
+    root: Path = typer.Argument(None, help="M-BEIR root (default: data.root)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a markdown table"),
+    params: str = typer.Option("params.yaml", "--params", help="params file"),
+) -> None:
+    """Queries and candidates per Table-1 column with chance-level Recall@5/@10 (and @k)."""
+    import json
+
+    from puma.data.schema import DataError
+    from puma.data.stats import dataset_stats, format_stats
+
+    settings = _settings(params)
+    try:
+        stats = dataset_stats(root or settings.data.root, settings.evaluate.k_for)
+    except DataError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))

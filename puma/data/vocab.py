@@ -93,7 +93,7 @@ def coco_caption(s: Scene, variant: int) -> str:
     forms = [
         f"A {s.size} {s.color} {s.shape}{_pattern(s.texture)} in the {s.position} of the picture.",
         f"There is a {s.size} {s.texture} {s.color} {s.shape} at the {s.position}.",
-        f"A picture with a {s.color} {s.shape} that is {s.size} and {s.texture}, placed in the {s.position}.",
+        f"A picture with {_a(s.color)} {s.shape} that is {s.size} and {s.texture}, placed in the {s.position}.",
     ]
     return forms[variant % len(forms)]
 

@@ -1,0 +1,202 @@
+"""``puma data validate ROOT``: check a whole M-BEIR root (or an NLI csv) before any GPU time is spent.
+
+Reports *all* problems, each as ``file:line: message``, using the same field rules as the loaders
+(:mod:`puma.data.schema`, :mod:`puma.data.instructions`):
+
+* every jsonl line parses, has the right fields and types; modality values are known and agree with
+  which of text/image is present; ids are unique per file and shaped ``<dataset_id>:<n>``;
+* every qrel and every ``pos_cand_list`` entry names an existing candidate (local pool for test
+  queries and in the global test pool as well; the global train pool for train queries); qrels name
+  existing queries and agree with the column's task;
+* every image exists, opens, and its ``img_path`` stays inside the root (no absolute paths, no ``..``,
+  no symlink escaping the root);
+* the instructions tsv parses and covers every (dataset id, query modality, candidate modality) used.
+
+The 16 Table-1 test columns and the global test pool are required; the train split is checked when
+present (``query/union_train`` and the global train pool).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from puma.data.columns import GLOBAL_TEST_POOL, GLOBAL_TRAIN_POOL, INSTRUCTIONS_FILE, TABLE1_COLUMNS, \
+    UNION_TRAIN_QUERIES
+from puma.data.instructions import parse_instructions
+from puma.data.schema import (Qrel, candidate_problems, iter_qrels, query_problems, scan_nli, DataError)
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int  # 0 when the problem concerns the whole file
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
+
+
+class _Checker:
+    def __init__(self, root: Path, check_images: bool) -> None:
+        self.root = root.resolve()
+        self.check_images = check_images
+        self.problems: list[Problem] = []
+        self._images: dict[str, str | None] = {}  # img_path -> problem (None = fine), checked once
+        self.needed_keys: dict[tuple, tuple[str, int]] = {}  # instruction key -> first (file, line) using it
+        self.counts = {"queries": 0, "candidates": 0, "images": 0}
+
+    def add(self, path: Path | str, line: int, message: str) -> None:
+        self.problems.append(Problem(str(path), line, message))
+
+    def scan_jsonl(self, rel: str, kind: str) -> dict[str, tuple[int, dict]] | None:
+        """id -> (line, record) of the valid lines of one file; every bad line is reported."""
+        path = self.root / rel
+        if not path.is_file():
+            self.add(path, 0, "file not found")
+            return None
+        problems_fn, id_key = (query_problems, "qid") if kind == "query" else (candidate_problems, "did")
+        img_key = "query_img_path" if kind == "query" else "img_path"
+        out: dict[str, tuple[int, dict]] = {}
+        lines = 0
+        with path.open("r", encoding="utf-8", errors="replace") as f:
+            for lineno, text in enumerate(f, 1):
+                if not text.strip():
+                    continue
+                lines += 1
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as e:
+                    self.add(path, lineno, f"not valid JSON ({e.msg} at column {e.colno})")
+                    continue
+                probs = problems_fn(obj)
+                for p in probs:
+                    self.add(path, lineno, p)
+                if probs:
+                    continue
+                rid = obj[id_key]
+                if rid in out:
+                    self.add(path, lineno, f"duplicate {id_key} {rid!r} (first on line {out[rid][0]})")
+                    continue
+                out[rid] = (lineno, obj)
+                if obj[img_key]:
+                    self.image(obj[img_key], path, lineno)
+        if lines == 0:
+            self.add(path, 1, "empty file (no records)")
+        self.counts["queries" if kind == "query" else "candidates"] += len(out)
+        return out
+
+    def image(self, rel: str, path: Path, line: int) -> None:
+        if rel not in self._images:
+            self._images[rel] = self._image_problem(rel)
+        if self._images[rel]:
+            self.add(path, line, self._images[rel])
+
+    def _image_problem(self, rel: str) -> str | None:
+        target = (self.root / rel).resolve()
+        if not target.is_relative_to(self.root):
+            return f"img_path {rel!r} resolves outside the dataset root"
+        if not target.is_file():
+            return f"image {rel!r} not found under {self.root}"
+        self.counts["images"] += 1
+        if self.check_images:
+            from PIL import Image
+
+            try:
+                with Image.open(target) as im:
+                    im.verify()  # checks the container and chunk CRCs without decoding all pixels
+            except Exception as e:  # PIL raises many types for broken files
+                return f"image {rel!r} does not open: {type(e).__name__}: {e}"
+        return None
+
+    def positives(self, qpath: Path, queries: dict, pools: list[tuple[str, dict]]) -> None:
+        """Every pos_cand_list entry is in each of ``pools``; record the instruction keys used."""
+        for qid, (line, q) in queries.items():
+            if not q["pos_cand_list"]:
+                self.add(qpath, line, f"query {qid} has an empty pos_cand_list")
+            for did in q["pos_cand_list"]:
+                for name, pool in pools:
+                    if did not in pool:
+                        self.add(qpath, line, f"pos_cand_list entry {did} of {qid} is not in {name}")
+                        break
+                else:
+                    cand = pools[0][1][did][1]
+                    key = (int(qid.split(":")[0]), q["query_modality"], cand["modality"])
+                    self.needed_keys.setdefault(key, (str(qpath), line))
+
+    def qrels(self, rel: str, queries: dict, pool: dict, pool_name: str, task_id: int | None) -> None:
+        path = self.root / rel
+        if not path.is_file():
+            self.add(path, 0, "file not found")
+            return
+        try:
+            for line, rec in iter_qrels(path):
+                if isinstance(rec, str):
+                    self.add(path, line, rec)
+                    continue
+                assert isinstance(rec, Qrel)
+                if rec.qid not in queries:
+                    self.add(path, line, f"qrel names query {rec.qid}, which is not in the query file")
+                if rec.did not in pool:
+                    self.add(path, line, f"qrel names candidate {rec.did}, which is not in {pool_name}")
+                if task_id is not None and rec.task_id != task_id:
+                    self.add(path, line, f"qrel task_id {rec.task_id} but the file is for task {task_id}")
+        except DataError as e:  # empty file
+            path_line, _, msg = str(e).partition(": ")
+            self.add(path, 1, msg or str(e))
+
+
+def validate_root(root: str | Path, check_images: bool = True) -> tuple[list[Problem], dict[str, int]]:
+    """All problems of an M-BEIR root, and counts of what was checked."""
+    root = Path(root)
+    if not root.is_dir():
+        return [Problem(str(root), 0, "dataset root not found")], {}
+    c = _Checker(root, check_images)
+    global_test = c.scan_jsonl(GLOBAL_TEST_POOL, "candidate") or {}
+    for col in TABLE1_COLUMNS:
+        pool = c.scan_jsonl(col.pool_file, "candidate")
+        queries = c.scan_jsonl(col.query_file, "query")
+        if pool is None or queries is None:
+            continue
+        qpath = c.root / col.query_file
+        for qid, (line, q) in queries.items():
+            if q["task_id"] != col.task_id or int(qid.split(":")[0]) != col.dataset_id:
+                c.add(qpath, line, f"query {qid} (task {q['task_id']}) does not belong to column {col.name}")
+        c.positives(qpath, queries, [(col.pool_file, pool), (GLOBAL_TEST_POOL, global_test)])
+        c.qrels(col.qrels_file, queries, pool, col.pool_file, col.task_id)
+    if (c.root / UNION_TRAIN_QUERIES).exists() or (c.root / GLOBAL_TRAIN_POOL).exists():
+        train_pool = c.scan_jsonl(GLOBAL_TRAIN_POOL, "candidate")
+        train_q = c.scan_jsonl(UNION_TRAIN_QUERIES, "query")
+        if train_pool is not None and train_q is not None:
+            c.positives(c.root / UNION_TRAIN_QUERIES, train_q, [(GLOBAL_TRAIN_POOL, train_pool)])
+            for qpath in sorted((c.root / "query/train").glob("*.jsonl")):
+                rel = str(qpath.relative_to(c.root))
+                queries = c.scan_jsonl(rel, "query") or {}
+                c.positives(qpath, queries, [(GLOBAL_TRAIN_POOL, train_pool)])
+                qrels_rel = f"qrels/train/{qpath.stem}_qrels.txt"
+                if (c.root / qrels_rel).exists():
+                    c.qrels(qrels_rel, queries, train_pool, GLOBAL_TRAIN_POOL, None)
+    table, problems = parse_instructions(c.root / INSTRUCTIONS_FILE)
+    for line, msg in problems:
+        c.add(c.root / INSTRUCTIONS_FILE, line, msg)
+    if table or not problems:
+        for key, (path, line) in sorted(c.needed_keys.items()):
+            if key not in table:
+                c.add(c.root / INSTRUCTIONS_FILE, 0, f"no instruction row for dataset {key[0]}, {key[1]} -> {key[2]} "
+                                                    f"(needed by {path}:{line})")
+    return c.problems, c.counts
+
+
+def validate_nli(path: str | Path) -> tuple[list[Problem], dict[str, int]]:
+    """All problems of a SimCSE-format NLI csv."""
+    pairs, problems = scan_nli(path)
+    return [Problem(str(path), line, msg) for line, msg in problems], {"pairs": len(pairs)}
+
+
+def validate(path: str | Path, check_images: bool = True) -> tuple[list[Problem], dict[str, int]]:
+    """Validate an M-BEIR root (a directory) or an NLI csv (a file)."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        return validate_nli(path)
+    return validate_root(path, check_images)
