@@ -91,3 +91,30 @@ def stats_cmd(
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+
+
+@app.command("download")
+def download_cmd(
+    what: str = typer.Argument(..., help="mbeir | nli"),
+    out: Path = typer.Option(None, "--out", help="M-BEIR root / NLI csv path (default: data.root / data.nli_path)"),
+    split: list[str] = typer.Option(None, "--split", help="M-BEIR split(s) to fetch (default: data.download_splits)"),
+    images: bool = typer.Option(None, "--images/--no-images", help="fetch, join and extract the ~170 GB image "
+                                                                  "archive (default: data.download_images)"),
+    params: str = typer.Option("params.yaml", "--params", help="params file"),
+) -> None:
+    """Download M-BEIR (TIGER-Lab/M-BEIR) or SimCSE NLI from the Hugging Face hub; resumable, verified."""
+    from puma.data.download import DownloadError, download_mbeir, download_nli
+
+    s = _settings(params).data
+    try:
+        if what == "mbeir":
+            path = download_mbeir(out or s.root, split or s.download_splits,
+                                  s.download_images if images is None else images, log=typer.echo)
+        elif what == "nli":
+            path = download_nli(out or s.nli_path, log=typer.echo)
+        else:
+            raise typer.BadParameter(f"expected mbeir or nli, got {what!r}")
+    except DownloadError as e:
+        typer.echo(f"download failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"downloaded to {path}")

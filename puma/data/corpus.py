@@ -48,6 +48,8 @@ def tokenizer_corpus(seed: int = 0, n: int = 4000) -> list[str]:
     rng = random.Random(seed)
     catalog = vocab.entity_catalog(random.Random(f"corpus:{seed}"))
     out = list(INSTRUCTIONS)
+    # Every entity once, so each name the generator can write is in the corpus.
+    out += [vocab.entity_passage(e, "emblem") for e in catalog]
     for _ in range(n):
         kind = rng.randrange(7)
         if kind < 5:
