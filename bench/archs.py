@@ -124,9 +124,8 @@ def make_batch(config, kind: Kind, batch_size: int, *, template_tokens: int, tex
         gh, gw = image_grid(config, image_hw, min_pixels, max_pixels)
         vc = config.vision_config
         n_tokens = gh * gw // vc.spatial_merge_size**2
-        col = lambda v, n: torch.full((batch_size, n), v, dtype=torch.long)  # noqa: E731
-        parts += [col(config.vision_start_token_id, 1), col(config.image_token_id, n_tokens),
-                  col(config.vision_end_token_id, 1)]
+        parts += [torch.full((batch_size, n), tok, dtype=torch.long) for tok, n in [
+            (config.vision_start_token_id, 1), (config.image_token_id, n_tokens), (config.vision_end_token_id, 1)]]
         patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
         out["pixel_values"] = torch.randn(batch_size * gh * gw, patch_dim, generator=gen).to(device, dtype)
         out["image_grid_thw"] = torch.tensor([[1, gh, gw]] * batch_size, device=device)

@@ -16,7 +16,10 @@ and :func:`write_report` turns ``{name: section}`` plus :func:`machine_info` int
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -58,29 +61,38 @@ def interleaved(
     repeats: int,
     warmup: int = 1,
     sync: Callable[[], None] | None = None,
+    min_time: float = 0.0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Time each callable ``repeats`` times, alternating the order every round; return seconds per call.
 
     ``warmup`` untimed rounds run first (allocator, oneDNN/cuBLAS kernel selection). ``sync`` is called
     before reading the clock (``torch.cuda.synchronize`` on a GPU, so queued kernels are counted).
+    With ``min_time``, a callable faster than that is called ``ceil(min_time / t)`` times per sample
+    (``t`` from its last warmup call) and the sample is the mean per call, so millisecond-scale calls
+    are not drowned in timer and scheduler noise.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     names = list(fns)
     sync = sync or (lambda: None)
+    number = dict.fromkeys(names, 1)
     for _ in range(warmup):
         for name in names:
+            t0 = clock()
             fns[name]()
-        sync()
+            sync()
+            if min_time > 0:
+                number[name] = max(1, math.ceil(min_time / max(clock() - t0, 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             sync()
             t0 = clock()
-            fns[name]()
+            for _ in range(number[name]):
+                fns[name]()
             sync()
-            times[name].append(clock() - t0)
+            times[name].append((clock() - t0) / number[name])
     return times
 
 
@@ -120,12 +132,8 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
-    try:
-        import flash_attn  # noqa: F401
-
-        info["flash_attn"] = flash_attn.__version__
-    except Exception:  # optional; absent on CPU machines
-        info["flash_attn"] = None
+    flash = importlib.util.find_spec("flash_attn")  # optional; absent on CPU machines
+    info["flash_attn"] = importlib.metadata.version("flash-attn") if flash else None
     return info
 
 
@@ -173,9 +181,9 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The human-readable report: machine, then one section per benchmark (meta lines + table)."""
     lines = ["# PUMA benchmarks", "",
-             f"Run {report.get('started', '?')}, {report.get('wall_s', 0):.0f} s in all. "
-             "Figures are medians of interleaved runs; `±` is the interquartile range relative to the "
-             "median. Ratios are paired per round. Produced by `make bench` (bench/run_all.py).", "",
+             (f"Run {report.get('started', '?')}, {report.get('wall_s', 0):.0f} s in all. "
+              "Figures are medians of interleaved runs; `±` is the interquartile range relative to the "
+              "median. Ratios are paired per round. Produced by `make bench` (bench/run_all.py)."), "",
              "## Machine", ""]
     lines += [f"- {k}: {fmt_cell(v)}" for k, v in report.get("machine", {}).items()]
     for name, sec in report.get("benchmarks", {}).items():

@@ -177,11 +177,13 @@ class BenchRun(_Section):
     min_pixels: int = Field(4 * 28 * 28, ge=28 * 28)
     max_pixels: int = Field(300 * 28 * 28, ge=28 * 28)
     repeats: int | None = Field(None, ge=1)  # None: bench.repeats
+    threads: int | None = Field(None, ge=1)  # torch threads; None: torch's default (all cores)
 
 
 class BenchSettings(_Section):
     warmup: int = Field(1, ge=0)
     repeats: int = Field(5, ge=1)
+    min_time: float = Field(0.3, ge=0)
     template_tokens: int = Field(40, ge=2)
     text_tokens: int = Field(32, ge=1)
     attn: list[Literal["sdpa", "eager", "flash_attention_2"]] = ["sdpa", "flash_attention_2"]
