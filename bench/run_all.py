@@ -55,7 +55,8 @@ def run_one(name: str, settings: Any, import_module: Callable = importlib.import
     if not callable(fn):
         return {"status": "skipped", "reason": f"bench/{name}.py has no run() function", "wall_s": 0.0}
     try:
-        section = fn(settings) if inspect.signature(fn).parameters else fn()
+        # run(settings=...) gets the typed config; a run() with only its own defaulted knobs, none.
+        section = fn(settings=settings) if "settings" in inspect.signature(fn).parameters else fn()
     except Exception as e:  # noqa: BLE001  one failing benchmark must not cost the others' figures
         return _error(e, t0)
     if not isinstance(section, dict):
@@ -82,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    import torch
+
     from puma.config import load_settings
 
     settings = load_settings(args.params)
+    threads = torch.get_num_threads()
     t0 = time.perf_counter()
     report: dict[str, Any] = {
         "schema": 1,
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[bench] {name}: {title} ...", flush=True)
         section = run_one(name, settings)
+        torch.set_num_threads(threads)  # a benchmark may change the thread count; the next gets it back
         section.setdefault("title", title)
         section.setdefault("owner", owner)
         report["benchmarks"][name] = section

@@ -113,12 +113,12 @@ def test_run_one_skips_missing_and_reports_errors():
     def boom(settings):
         raise RuntimeError("kaput")
 
-    sections = {"ok": lambda settings: {"rows": [{"a": settings}]}, "noarg": lambda: {"rows": []},
+    sections = {"ok": lambda settings: {"rows": [{"a": settings}]}, "noarg": lambda n=3: {"rows": [n]},
                 "bad": boom, "notdict": lambda: [1]}
     imp = fake_import(sections)
     ok = run_one("ok", 7, import_module=imp)
     assert ok["status"] == "ok" and ok["rows"] == [{"a": 7}] and ok["wall_s"] >= 0
-    assert run_one("noarg", 7, import_module=imp)["status"] == "ok"
+    assert run_one("noarg", 7, import_module=imp)["rows"] == [3]  # own defaults, settings not forced in
     err = run_one("bad", 7, import_module=imp)
     assert err["status"] == "error" and err["reason"] == "RuntimeError: kaput"
     assert run_one("notdict", 7, import_module=imp)["status"] == "error"
