@@ -48,10 +48,10 @@ def stage2_loss(
     tau = settings.stage2.tau
     metrics: dict[str, float] = {}
     if settings.mac.enabled:
-        mods = gather(modality_ids(batch.cand_modality, ctx.device))  # [N]: each positive's modality
+        target = gather(modality_ids(batch.target_modality, ctx.device))  # [N]: each query's target modality
+        cand = gather(modality_ids(batch.cand_modality, ctx.device))  # [N]: each positive's modality
         tau_hard = current_tau_hard(settings, ctx)
-        # Query i's target modality is its positive's modality (Algorithm 1's modality_target).
-        loss = mac_loss(q, c, mods, mods, tau, tau_hard, reverse=settings.mac.reverse)
+        loss = mac_loss(q, c, target, cand, tau, tau_hard, reverse=settings.mac.reverse)
         metrics["tau_hard"] = tau_hard
     else:
         loss = info_nce(q, c, tau)

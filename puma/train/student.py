@@ -84,6 +84,10 @@ def as_pair(example: Any) -> tuple[Any, Any]:
     raise TypeError(f"training example must be a dict or a (query, positive) tuple, got {type(example).__name__}")
 
 
+def _field(example: Any, key: str) -> Any:
+    return example.get(key) if isinstance(example, dict) else None
+
+
 def _as_dict(item: Any) -> dict:
     return {"text": item} if isinstance(item, str) else dict(item)
 
@@ -95,7 +99,8 @@ class PairBatch:
     inputs: BatchFeature
     n: int
     keys: list[str]  # content key per row (teacher cache)
-    cand_modality: list[str]  # M-BEIR modality of each positive (= each query's target modality)
+    target_modality: list[str]  # M-BEIR modality of each query's target (MAC, Algorithm 1)
+    cand_modality: list[str]  # M-BEIR modality of each positive
 
 
 class PairCollator:
@@ -115,8 +120,9 @@ class PairCollator:
         q = collate(self.processor, queries, True, self.prompt, self.ret_token)
         c = collate(self.processor, positives, False, self.prompt, self.ret_token)
         inputs = concat_batches(q, c, self.pad_id)
-        return PairBatch(inputs, len(pairs), row_keys(inputs, self.vision_start),
-                         [candidate_modality(p) for p in positives])
+        cand = [_field(e, "cand_modality") or candidate_modality(p) for e, p in zip(examples, positives)]
+        target = [_field(e, "query_target_modality") or m for e, m in zip(examples, cand)]
+        return PairBatch(inputs, len(pairs), row_keys(inputs, self.vision_start), target, cand)
 
 
 def save_merged(model, processor, settings, out: str | Path, record: dict[str, Any]) -> Path:
