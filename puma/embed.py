@@ -213,26 +213,100 @@ def _start_manifest(out: Path, manifest: dict) -> EmbeddingStore:
     return EmbeddingStore(out, manifest)
 
 
-def _encode_shard(items: list[Any], encoder: BatchEncoder, batch_size: int, num_workers: int,
-                  length: Callable[[Any], Any] | None) -> np.ndarray:
-    """Embed one shard's items: (n,) items -> (n, dim) float32, rows in the items' order."""
-    import torch
-    from torch.utils.data import DataLoader
+_WORKER_COLLATE: Callable[[list[Any]], Any] | None = None
 
-    order = sorted(range(len(items)), key=lambda i: length(items[i])) if length else list(range(len(items)))
-    loader = DataLoader([items[i] for i in order], batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=encoder.collate,
-                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    out = np.empty((len(items), encoder.dim), dtype=np.float32)
-    pos = 0
-    with torch.inference_mode():
-        for batch in loader:
-            emb = encoder.forward(batch)  # (B, dim)
-            out[order[pos:pos + len(emb)]] = emb
-            pos += len(emb)
-    if pos != len(items):
-        raise EmbeddingError(f"encoder returned {pos} embeddings for {len(items)} items")
-    return out
+
+def _worker_init(collate: Callable[[list[Any]], Any]) -> None:
+    # Runs in each forked worker: the collate function (processor inside) is inherited, not pickled.
+    global _WORKER_COLLATE
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker, as torch's DataLoader does
+    _WORKER_COLLATE = collate
+
+
+def _worker_collate(items: list[Any]) -> Any:
+    return _WORKER_COLLATE(items)
+
+
+class Prefetcher:
+    """Runs ``collate`` (image decoding + preprocessing) in worker processes, ahead of the model.
+
+    Unlike a per-shard ``DataLoader``, the workers live for the whole run, so shard boundaries cost
+    no worker start-up and the next shard's first batches are prepared while the current shard's
+    last ones run. At most ``2 * num_workers`` batches are in flight (bounded memory). Results come
+    back in submission order. ``num_workers=0`` collates inline.
+    """
+
+    def __init__(self, collate: Callable[[list[Any]], Any], num_workers: int):
+        self.collate, self.pool, self.depth = collate, None, max(2 * num_workers, 1)
+        if num_workers > 0:
+            import torch.multiprocessing as tmp  # registers shared-memory pickling of tensors
+
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked tokenizers must not use threads
+            self.pool = tmp.get_context("fork").Pool(num_workers, initializer=_worker_init, initargs=(collate,))
+
+    def map(self, tagged_items: Iterable[tuple[Any, list[Any]]]) -> Iterator[tuple[Any, Any]]:
+        """(tag, items) -> (tag, collated batch), in order."""
+        if self.pool is None:
+            for tag, items in tagged_items:
+                yield tag, self.collate(items)
+            return
+        from collections import deque
+
+        pending: deque = deque()
+        for tag, items in tagged_items:
+            pending.append((tag, self.pool.apply_async(_worker_collate, (items,))))
+            if len(pending) >= self.depth:
+                tag0, res = pending.popleft()
+                yield tag0, res.get()
+        while pending:
+            tag0, res = pending.popleft()
+            yield tag0, res.get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+def _todo_shards(records: Iterable[tuple[str, Any]], todo: set[int], shard_size: int, count: int):
+    """Stream ``records`` and yield ``(j, ids, items)`` for the shards in ``todo``, in order.
+
+    Records of other shards are skipped without being kept. When the source is read to the end, its
+    length must equal ``count``.
+    """
+    last = max(todo)
+    chunk: list[tuple[str, Any]] = []
+    j = 0
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) == shard_size:
+            if j in todo:
+                yield j, [r[0] for r in chunk], [r[1] for r in chunk]
+            chunk, j = [], j + 1
+            if j > last:
+                return  # nothing left for this process further down the source
+    if chunk and j in todo:
+        yield j, [r[0] for r in chunk], [r[1] for r in chunk]
+    total = j * shard_size + len(chunk)
+    if total != count:  # the source changed under us, or the count was wrong
+        raise EmbeddingError(f"source yielded {total} records, manifest says {count}")
+
+
+def _batches(shards, batch_size: int, length: Callable[[Any], Any] | None, pending: dict):
+    """Split each shard into length-sorted batches tagged ``(j, rows, is_last)``.
+
+    ``pending[j]`` receives the shard's ids when its first batch is produced.
+    """
+    for j, ids, items in shards:
+        order = sorted(range(len(items)), key=lambda i: length(items[i])) if length else list(range(len(items)))
+        pending[j] = ids
+        starts = range(0, len(order), batch_size)
+        for b, lo in enumerate(starts):
+            rows = order[lo:lo + batch_size]
+            yield (j, rows, b == len(starts) - 1), [items[i] for i in rows]
 
 
 def _write_shard(store: EmbeddingStore, j: int, emb: np.ndarray, ids: Sequence[str]) -> None:
@@ -277,29 +351,30 @@ def embed_records(
         progress(f"{len(todo)} shard(s) to embed in {out} ({store.num_shards} in all)")
     if not todo:
         return store
-    last = max(todo)
-    chunk: list[tuple[str, Any]] = []
-    j = 0  # index of the shard being gathered
+    import torch
 
-    def flush() -> None:
-        if j in todo:
-            ids, items = [r[0] for r in chunk], [r[1] for r in chunk]
-            _write_shard(store, j, _encode_shard(items, encoder, batch_size, num_workers, length), ids)
-            if progress:
-                progress(f"shard {j:05d}: {len(ids)} rows")
-
-    for rec in records:
-        chunk.append(rec)
-        if len(chunk) == shard_size:
-            flush()
-            chunk, j = [], j + 1
-            if j > last:
-                return store  # nothing left for this process further down the source
-    if chunk:
-        flush()
-    total = j * shard_size + len(chunk)
-    if total != manifest["count"]:  # the source changed under us, or the count was wrong
-        raise EmbeddingError(f"source yielded {total} records, manifest says {manifest['count']}")
+    pending: dict[int, list[str]] = {}
+    shards = _todo_shards(records, todo, shard_size, manifest["count"])
+    prefetch = Prefetcher(encoder.collate, num_workers)
+    out_buf: np.ndarray | None = None
+    try:
+        with torch.inference_mode():
+            for (j, rows, is_last), batch in prefetch.map(_batches(shards, batch_size, length, pending)):
+                if out_buf is None:
+                    out_buf = np.full((len(pending[j]), encoder.dim), np.nan, dtype=np.float32)
+                emb = encoder.forward(batch)  # (B, dim)
+                if len(emb) != len(rows):
+                    raise EmbeddingError(f"encoder returned {len(emb)} embeddings for a batch of {len(rows)}")
+                out_buf[rows] = emb
+                if is_last:
+                    if np.isnan(out_buf).any():  # a row never filled: the batches did not cover the shard
+                        raise EmbeddingError(f"shard {j}: some rows were not embedded")
+                    _write_shard(store, j, out_buf, pending.pop(j))
+                    out_buf = None
+                    if progress:
+                        progress(f"shard {j:05d}: {store.shard_rows(j)} rows")
+    finally:
+        prefetch.close()
     return store
 
 

@@ -142,3 +142,11 @@ def test_resume_after_kill_9_gives_the_same_bytes(tmp_path):
     assert names == sorted(p.name for p in (killed / "shards").iterdir() if not p.name.startswith("."))
     for name in names:
         assert (killed / "shards" / name).read_bytes() == (clean / "shards" / name).read_bytes()
+
+
+def test_worker_processes_give_the_same_bytes(tmp_path):
+    _run(tmp_path / "w0", num_workers=0)
+    _run(tmp_path / "w2", num_workers=2, shard_index=0, num_shards=1)
+    for j in range(5):
+        a = (tmp_path / f"w0/shards/{j:05d}.npy").read_bytes()
+        assert a == (tmp_path / f"w2/shards/{j:05d}.npy").read_bytes()
