@@ -20,7 +20,7 @@ from pathlib import Path
 from puma.data.columns import DATASET_IDS, GLOBAL_TEST_POOL, GLOBAL_TRAIN_POOL, INSTRUCTIONS_FILE, \
     UNION_TRAIN_QUERIES, Column, column
 from puma.data.instructions import InstructionKey, choose_instruction, load_instructions
-from puma.data.schema import Candidate, DataError, candidate_item, iter_candidates, iter_queries, load_qrels, \
+from puma.data.schema import Candidate, DataError, candidate_item, iter_candidates, iter_queries, load_qrels_lines, \
     query_item, scan_nli
 
 
@@ -151,7 +151,8 @@ class EvalView:
         self.global_pool = self.root / global_pool
         qpath, qrels_path = self.root / col.query_file, self.root / col.qrels_file
         table: dict[InstructionKey, list[str]] = load_instructions(self.root / instructions)
-        qrels = load_qrels(qrels_path)
+        qrels = load_qrels_lines(qrels_path)
+        instr_key = (col.dataset_id, col.query_modality, col.cand_modality)
         self.qids: list[str] = []
         self.queries: list[dict] = []
         self.relevant: list[set[str]] = []
@@ -163,21 +164,28 @@ class EvalView:
             if q.qid not in qrels:
                 raise DataError(f"{where}: query {q.qid} has no relevant candidate in {qrels_path}")
             _check_image_exists(self.root, q.query_img_path, where)
+            if instr_key not in table:
+                raise DataError(f"{where}: no instruction row for dataset {instr_key[0]}, {instr_key[1]} -> "
+                                f"{instr_key[2]} in {self.root / instructions}")
             index, text = choose_instruction(table, q.qid, col.dataset_id, q.query_modality, col.cand_modality,
                                              instruction_seed)
             self.qids.append(q.qid)
             self.queries.append(query_item(q, self.root, text))
-            self.relevant.append(qrels[q.qid])
+            self.relevant.append(set(qrels[q.qid]))
             self.instruction_choices.append({"qid": q.qid, "index": index, "instruction": text})
-        unknown = set(qrels) - set(self.qids)
-        if unknown:
-            raise DataError(f"{qrels_path}: qrels name queries not in {qpath}: {sorted(unknown)[:5]}")
-        pool_ids = {c.did for c in iter_candidates(self.local_pool)}
-        for qid, rel in zip(self.qids, self.relevant):
-            missing = rel - pool_ids
-            if missing:
-                raise DataError(f"{qrels_path}: relevant candidate {sorted(missing)[0]} of {qid} is not in "
-                                f"{self.local_pool}")
+        known = set(self.qids)
+        for qid, dids in qrels.items():
+            if qid not in known:
+                raise DataError(f"{qrels_path}:{min(dids.values())}: qrel names query {qid}, which is not in {qpath}")
+        pool_ids = set()
+        for line, c in iter_candidates(self.local_pool, with_lines=True):
+            _check_image_exists(self.root, c.img_path, f"{self.local_pool}:{line}")
+            pool_ids.add(c.did)
+        for qid in self.qids:
+            for did, line in qrels[qid].items():
+                if did not in pool_ids:
+                    raise DataError(f"{qrels_path}:{line}: qrel names candidate {did} of {qid}, which is not in "
+                                    f"{self.local_pool}")
         self.pool_size = len(pool_ids)
 
     def __len__(self) -> int:

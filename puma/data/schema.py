@@ -281,15 +281,20 @@ def iter_qrels(path: str | Path) -> Iterator[tuple[int, Qrel | str]]:
         raise DataError(f"{path}:1: empty file (no qrels)")
 
 
-def load_qrels(path: str | Path) -> dict[str, set[str]]:
-    """qid -> set of relevant dids (relevance > 0); a bad line raises ``DataError(file:line)``."""
-    out: dict[str, set[str]] = {}
+def load_qrels_lines(path: str | Path) -> dict[str, dict[str, int]]:
+    """qid -> {relevant did: its line} (relevance > 0); a bad line raises ``DataError(file:line)``."""
+    out: dict[str, dict[str, int]] = {}
     for lineno, rec in iter_qrels(path):
         if isinstance(rec, str):
             raise DataError(f"{path}:{lineno}: {rec}")
         if rec.relevance > 0:
-            out.setdefault(rec.qid, set()).add(rec.did)
+            out.setdefault(rec.qid, {}).setdefault(rec.did, lineno)
     return out
+
+
+def load_qrels(path: str | Path) -> dict[str, set[str]]:
+    """qid -> set of relevant dids (relevance > 0); a bad line raises ``DataError(file:line)``."""
+    return {qid: set(dids) for qid, dids in load_qrels_lines(path).items()}
 
 
 NLI_COLUMNS = ("sent0", "sent1", "hard_neg")
