@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -76,43 +74,11 @@ def summarise(recalls: Mapping[str, float], groups: Mapping[str, str]) -> dict[s
 # ---------------------------------------------------------------- the Table-1 evaluation
 
 
-@dataclass
-class ColumnQueries:
-    """One column's queries ready to embed: ids, encoder items (with instruction) and positives."""
-
-    column: Any  # puma.data.columns.Column
-    qids: list[str]
-    items: list[dict]
-    instructions: list[tuple[int, str]]
-    relevant: list[set[str]]
-
-
-def column_queries(column, root: Path, instructions: dict, seed: int) -> ColumnQueries:
-    """Load a column's test queries, choose each query's instruction (seeded), and its positives.
-
-    Positives come from the column's qrels file when present (UniIR's source), else from the queries'
-    ``pos_cand_list``.
-    """
-    from puma.data.instructions import choose_instruction
-    from puma.data.schema import iter_queries, load_qrels, query_item
-
-    qrels_path = root / column.qrels_file
-    qrels = load_qrels(qrels_path) if qrels_path.is_file() else None
-    out = ColumnQueries(column, [], [], [], [])
-    for q in iter_queries(root / column.query_file):
-        choice = choose_instruction(instructions, q.qid, column.dataset_id, column.query_modality,
-                                    column.cand_modality, seed)
-        out.qids.append(q.qid)
-        out.items.append(query_item(q, root, choice[1]))
-        out.instructions.append(choice)
-        out.relevant.append(set(qrels.get(q.qid, ())) if qrels is not None else set(q.pos_cand_list))
-    return out
-
-
 def _check_files(root: Path, columns) -> None:
+    """Fail before any work when a column's files are missing (lists how many, names the first)."""
     from puma.data.columns import INSTRUCTIONS_FILE
 
-    missing = [f for c in columns for f in (c.query_file, c.pool_file) if not (root / f).is_file()]
+    missing = [f for c in columns for f in (c.query_file, c.pool_file, c.qrels_file) if not (root / f).is_file()]
     if not (root / INSTRUCTIONS_FILE).is_file():
         missing.append(INSTRUCTIONS_FILE)
     if missing:
@@ -140,8 +106,8 @@ def evaluate_table1(
     """
     from puma.data.columns import GROUPS as COLUMN_GROUPS
     from puma.data.columns import INSTRUCTIONS_FILE, TABLE1_COLUMNS
-    from puma.data.instructions import load_instructions
-    from puma.embed import EmbeddingStore, RetrieverEncoder, atomic_write, embed_pool, embed_queries, file_sha256
+    from puma.data.datasets import EvalView
+    from puma.embed import RetrieverEncoder, atomic_write, embed_pool, embed_queries, file_sha256
     from puma.embed import write_json_atomic
     from puma.index import search
 
@@ -150,76 +116,65 @@ def evaluate_table1(
     columns = list(columns or TABLE1_COLUMNS)
     ev, emb_cfg = settings.evaluate, settings.embed
     _check_files(root, columns)
-    instructions = load_instructions(root / INSTRUCTIONS_FILE)
+    views = [EvalView(root, col, instruction_seed=ev.instruction_seed) for col in columns]
     doc_encoder, query_encoder = RetrieverEncoder(retriever, False), RetrieverEncoder(retriever, True)
 
     # 1. Every distinct local pool once (the global pool is their concatenation: no re-embedding).
-    pools: dict[str, EmbeddingStore] = {}
-    for col in columns:
-        if col.pool_file not in pools:
-            say(f"embedding pool {col.pool_file}")
-            pools[col.pool_file] = embed_pool(
-                doc_encoder, root / col.pool_file, root, out / "embeddings" / "pools" / col.name,
+    pools = {}
+    for view in views:
+        if view.local_pool not in pools:
+            say(f"embedding pool {view.local_pool}")
+            pools[view.local_pool] = embed_pool(
+                doc_encoder, view.local_pool, root, out / "embeddings" / "pools" / view.column.name,
                 model_dir=model_dir, shard_size=emb_cfg.shard_size, batch_size=emb_cfg.batch_size,
                 dtype=emb_cfg.dtype, num_workers=num_workers)
-    # 2. Queries with their seeded instructions.
+    # 2. Queries with their seeded instructions (part of the query store's identity).
     extra = {"instruction_seed": ev.instruction_seed, "instructions_sha256": file_sha256(root / INSTRUCTIONS_FILE)}
-    per_col, query_embs = [], []
-    for col in columns:
-        cq = column_queries(col, root, instructions, ev.instruction_seed)
-        say(f"embedding {len(cq.qids)} queries of {col.name}")
-        store = embed_queries(query_encoder, root / col.query_file, list(zip(cq.qids, cq.items)),
-                              out / "embeddings" / "queries" / col.name, model_dir=model_dir, extra=extra,
+    query_embs = []
+    for view in views:
+        say(f"embedding {len(view)} queries of {view.column.name}")
+        store = embed_queries(query_encoder, root / view.column.query_file, list(zip(view.qids, view.queries)),
+                              out / "embeddings" / "queries" / view.column.name, model_dir=model_dir, extra=extra,
                               batch_size=emb_cfg.batch_size, shard_size=emb_cfg.shard_size,
                               num_workers=num_workers)
-        per_col.append(cq)
         query_embs.append(store.load()[0])  # (Q_c, H) float32
     # 3. Search: local per column; global once for all queries together (one pass over the big pool).
     top = ev.top_k_saved
-    results = {"local": [], "global": []}
+    results: dict[str, list] = {}
     if "local" in ev.pools:
-        for col, q in zip(columns, query_embs):
-            results["local"].append(search(q, pools[col.pool_file].shards(), top))
+        results["local"] = [search(q, pools[v.local_pool].shards(), top) for v, q in zip(views, query_embs)]
     if "global" in ev.pools:
-        def global_shards():
-            for store in pools.values():
-                yield from store.shards()
-        allq = np.concatenate(query_embs)
-        res = search(allq, global_shards(), top)
+        res = search(np.concatenate(query_embs), (sh for st in pools.values() for sh in st.shards()), top)
         bounds = np.cumsum([0] + [len(q) for q in query_embs])
         results["global"] = [_slice(res, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    # 4. Metrics, chance level, per-query records.
-    pool_sizes = {f: s.manifest["count"] for f, s in pools.items()}
-    global_size = sum(pool_sizes.values())
-    recalls: dict[str, dict[str, float]] = {p: {} for p in results if results[p]}
-    chance: dict[str, dict[str, float]] = {p: {} for p in recalls}
+    # 4. Metrics, chance level (EvalView checked that every positive is in the local pool), records.
+    global_size = sum(st.manifest["count"] for st in pools.values())
+    recalls: dict[str, dict[str, float]] = {p: {} for p in results}
+    chance: dict[str, dict[str, float]] = {p: {} for p in results}
     topk_lines = []
-    for i, (col, cq) in enumerate(zip(columns, per_col)):
-        k = ev.k_for(col.name)
-        local_ids = {did for shard in pools[col.pool_file].shards() for did in shard.ids}
-        in_pool = [len(rel & local_ids) for rel in cq.relevant]
-        for pool in recalls:
-            res = results[pool][i]
-            recalls[pool][col.name] = recall_at_k(res.ids, cq.relevant, k)
-            size = pool_sizes[col.pool_file] if pool == "local" else global_size
-            chance[pool][col.name] = chance_recall_at_k(size, in_pool, k)
-            for qi, qid in enumerate(cq.qids):
+    for i, view in enumerate(views):
+        name, k = view.column.name, ev.k_for(view.column.name)
+        for pool, per_view in results.items():
+            res = per_view[i]
+            recalls[pool][name] = recall_at_k(res.ids, view.relevant, k)
+            size = view.pool_size if pool == "local" else global_size
+            chance[pool][name] = chance_recall_at_k(size, [len(r) for r in view.relevant], k)
+            for qi, qid in enumerate(view.qids):
                 ranked = res.ids[qi]
-                topk_lines.append({"column": col.name, "pool": pool, "qid": qid, "k": k,
-                                   "hit": any(c in cq.relevant[qi] for c in ranked[:k]), "ids": ranked,
+                topk_lines.append({"column": name, "pool": pool, "qid": qid, "k": k,
+                                   "hit": any(c in view.relevant[qi] for c in ranked[:k]), "ids": ranked,
                                    "scores": [round(float(s), 5) for s in res.scores[qi][: len(ranked)]],
-                                   "positives": sorted(cq.relevant[qi])})
+                                   "positives": sorted(view.relevant[qi])})
     metrics = {pool: summarise(recalls[pool], COLUMN_GROUPS) for pool in recalls}
-    chance_table = {pool: summarise(chance[pool], COLUMN_GROUPS) for pool in chance}
-    instr_lines = [{"column": col.name, "qid": qid, "index": idx, "instruction": text}
-                   for col, cq in zip(columns, per_col) for qid, (idx, text) in zip(cq.qids, cq.instructions)]
+    instr_lines = [dict(column=v.column.name, **choice) for v in views for choice in v.instruction_choices]
     _write_jsonl(out / "topk.jsonl", topk_lines, atomic_write)
     _write_jsonl(out / "instructions.jsonl", instr_lines, atomic_write)
-    write_json_atomic(out / "chance.json", chance_table)
+    write_json_atomic(out / "chance.json", {pool: summarise(chance[pool], COLUMN_GROUPS) for pool in chance})
     write_json_atomic(out / "eval_meta.json", {
         "model": str(model_dir), "data_root": str(root), "instruction_seed": ev.instruction_seed,
-        "k": {c.name: ev.k_for(c.name) for c in columns}, "queries": {c.name: len(q.qids) for c, q in zip(columns, per_col)},
-        "pool_sizes": {c.name: pool_sizes[c.pool_file] for c in columns}, "global_pool_size": global_size})
+        "k": {v.column.name: ev.k_for(v.column.name) for v in views},
+        "queries": {v.column.name: len(v) for v in views},
+        "pool_sizes": {v.column.name: v.pool_size for v in views}, "global_pool_size": global_size})
     write_json_atomic(out / "metrics.json", metrics)  # last: its presence means the run finished
     return metrics
 
