@@ -56,13 +56,16 @@ def validate_cmd(
     path: Path = typer.Argument(None, help="M-BEIR root or NLI csv (default: data.root)"),
     no_images: bool = typer.Option(False, "--no-image-open", help="only check images exist (do not open them)"),
     max_shown: int = typer.Option(200, "--max-shown", help="print at most this many problems (all are counted)"),
+    report: Path = typer.Option(None, "--report", help="also write {ok, counts, problems} as JSON here"),
     params: str = typer.Option("params.yaml", "--params", help="params file"),
 ) -> None:
     """Check a dataset root (or an NLI csv); print every problem as file:line and exit 1 if any."""
-    from puma.data.validate import validate
+    from puma.data.validate import validate, write_report
 
     path = path or _settings(params).data.root
     problems, counts = validate(path, check_images=not no_images)
+    if report:
+        write_report(report, path, problems, counts)
     for p in problems[:max_shown]:
         typer.echo(str(p), err=True)
     if problems:
@@ -118,3 +121,41 @@ def download_cmd(
         typer.echo(f"download failed: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"downloaded to {path}")
+
+
+@app.command("prepare")
+def prepare_cmd(
+    what: str = typer.Argument(..., help="mbeir | nli"),
+    out: Path = typer.Option(None, "--out", help="M-BEIR root / NLI csv (default: data.root / data.nli_path)"),
+    params: str = typer.Option("params.yaml", "--params", help="params file"),
+) -> None:
+    """Make the data a run needs, by data.source: synth -> generate it, hub -> download it; then validate."""
+    from puma.data.download import DownloadError, download_mbeir, download_nli
+    from puma.data.synth import synth_mbeir, synth_nli
+    from puma.data.validate import validate
+
+    s = _settings(params).data
+    if what not in ("mbeir", "nli"):
+        raise typer.BadParameter(f"expected mbeir or nli, got {what!r}")
+    target = out or (s.root if what == "mbeir" else s.nli_path)
+    try:
+        if s.source == "synth":
+            if what == "mbeir":
+                synth_mbeir(target, seed=s.synth_seed, scale=s.synth_scale)
+            else:
+                synth_nli(target, rows=s.nli_rows, seed=s.synth_seed)
+        elif what == "mbeir":
+            download_mbeir(target, s.download_splits, s.download_images, log=typer.echo)
+        else:
+            download_nli(target, log=typer.echo)
+    except DownloadError as e:
+        typer.echo(f"download failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    # Image pixels are checked by `puma data validate`; here only that they exist (cheap on real M-BEIR).
+    problems, counts = validate(target, check_images=False)
+    for p in problems[:50]:
+        typer.echo(str(p), err=True)
+    if problems:
+        typer.echo(f"{target}: {len(problems)} problem(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{target}: ready ({s.source}; {', '.join(f'{v} {k}' for k, v in counts.items())})")

@@ -200,3 +200,15 @@ def validate(path: str | Path, check_images: bool = True) -> tuple[list[Problem]
     if path.suffix == ".csv":
         return validate_nli(path)
     return validate_root(path, check_images)
+
+
+def write_report(path: str | Path, target: str | Path, problems: list[Problem], counts: dict[str, int]) -> None:
+    """``{"target", "ok", "counts", "problems": ["file:line: message", ...]}`` as JSON, written atomically."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"target": str(target), "ok": not problems, "counts": counts,
+                               "problems": [str(p) for p in problems]}, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -48,3 +48,16 @@ def test_download_offline_fails_cleanly(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     res = runner.invoke(app, ["data", "download", "nli", "--out", str(tmp_path / "n.csv")])
     assert res.exit_code == 1 and "cannot reach the Hugging Face hub" in res.output
+
+
+def test_prepare_synth_then_report(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("PUMA_DATA__SYNTH_SCALE", "0.1")
+    res = runner.invoke(app, ["data", "prepare", "mbeir", "--out", str(tmp_path / "m"), "--params", "none.yaml"])
+    assert res.exit_code == 2  # an explicit params file that does not exist is an error
+    res = runner.invoke(app, ["data", "prepare", "mbeir", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0 and "ready (synth" in res.output, res.output
+    res = runner.invoke(app, ["data", "validate", str(tmp_path / "m"), "--report", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert res.exit_code == 0 and report["ok"] and report["problems"] == []
