@@ -6,17 +6,10 @@ from pathlib import Path
 
 import typer
 
+from puma.cli.common import settings_or_exit as _settings
+
 app = typer.Typer(no_args_is_help=True)
 
-
-def _settings(params: str):
-    from puma.config import ConfigError, load_settings
-
-    try:
-        return load_settings(params)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command("synth")

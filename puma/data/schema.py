@@ -116,38 +116,40 @@ def _modality_problems(modality: object, txt: object, img: object, txt_key: str,
     return probs
 
 
-def _missing_keys(obj: dict, keys: tuple[str, ...]) -> list[str]:
-    return [f"missing field {k!r}" for k in keys if k not in obj]
-
-
 QUERY_KEYS = ("qid", "query_txt", "query_img_path", "query_modality", "query_src_content", "pos_cand_list",
               "neg_cand_list", "task_id")
 CANDIDATE_KEYS = ("did", "txt", "img_path", "modality", "src_content")
+# (id, text, image, modality, source) field names of the two record kinds.
+_QUERY_FIELDS = ("qid", "query_txt", "query_img_path", "query_modality", "query_src_content")
+_CANDIDATE_FIELDS = ("did", "txt", "img_path", "modality", "src_content")
+
+
+def _record_problems(obj: object, kind: str, keys: tuple[str, ...], fields: tuple[str, ...]) -> list[str]:
+    """Problems of the fields queries and candidates share (only the first kind found if fields are missing)."""
+    if not isinstance(obj, dict):
+        return [f"a {kind} line must be a JSON object, got {type(obj).__name__}"]
+    missing = [f"missing field {k!r}" for k in keys if k not in obj]
+    if missing:
+        return missing
+    id_key, txt_key, img_key, mod_key, src_key = fields
+    probs = [p for p in [id_problem(obj[id_key], id_key)] if p]
+    probs += _modality_problems(obj[mod_key], obj[txt_key], obj[img_key], txt_key, img_key, mod_key)
+    if obj[src_key] is not None and not isinstance(obj[src_key], str):
+        probs.append(f"{src_key} must be a string or null")
+    return probs
 
 
 def query_problems(obj: object) -> list[str]:
     """Everything wrong with one parsed query line (empty list if it is valid)."""
-    if not isinstance(obj, dict):
-        return [f"a query line must be a JSON object, got {type(obj).__name__}"]
-    probs = _missing_keys(obj, QUERY_KEYS)
-    if probs:
+    probs = _record_problems(obj, "query", QUERY_KEYS, _QUERY_FIELDS)
+    if not isinstance(obj, dict) or any(p.startswith("missing field") for p in probs):
         return probs
-    p = id_problem(obj["qid"], "qid")
-    if p:
-        probs.append(p)
-    probs += _modality_problems(obj["query_modality"], obj["query_txt"], obj["query_img_path"], "query_txt",
-                                "query_img_path", "query_modality")
-    if obj["query_src_content"] is not None and not isinstance(obj["query_src_content"], str):
-        probs.append("query_src_content must be a string or null")
     for key in ("pos_cand_list", "neg_cand_list"):
         val = obj[key]
         if not isinstance(val, list):
             probs.append(f"{key} must be a list of ids, got {type(val).__name__}")
             continue
-        for did in val:
-            p = id_problem(did, f"{key} entry")
-            if p:
-                probs.append(p)
+        probs += [p for p in (id_problem(did, f"{key} entry") for did in val) if p]
     task = obj["task_id"]
     if not isinstance(task, int) or isinstance(task, bool):
         probs.append(f"task_id must be an integer, got {type(task).__name__}")
@@ -158,18 +160,7 @@ def query_problems(obj: object) -> list[str]:
 
 def candidate_problems(obj: object) -> list[str]:
     """Everything wrong with one parsed candidate line (empty list if it is valid)."""
-    if not isinstance(obj, dict):
-        return [f"a candidate line must be a JSON object, got {type(obj).__name__}"]
-    probs = _missing_keys(obj, CANDIDATE_KEYS)
-    if probs:
-        return probs
-    p = id_problem(obj["did"], "did")
-    if p:
-        probs.append(p)
-    probs += _modality_problems(obj["modality"], obj["txt"], obj["img_path"], "txt", "img_path", "modality")
-    if obj["src_content"] is not None and not isinstance(obj["src_content"], str):
-        probs.append("src_content must be a string or null")
-    return probs
+    return _record_problems(obj, "candidate", CANDIDATE_KEYS, _CANDIDATE_FIELDS)
 
 
 def _none_if_empty(v: str | None) -> str | None:
