@@ -11,7 +11,6 @@ from puma.cli.common import settings_or_exit as _settings
 app = typer.Typer(no_args_is_help=True)
 
 
-
 @app.command("synth")
 def synth(
     out: Path = typer.Option(None, "--out", help="dataset root to write (default: data.root)"),

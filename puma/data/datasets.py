@@ -17,11 +17,26 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from puma.data.columns import DATASET_IDS, GLOBAL_TEST_POOL, GLOBAL_TRAIN_POOL, INSTRUCTIONS_FILE, \
-    UNION_TRAIN_QUERIES, Column, column
+from puma.data.columns import (
+    DATASET_IDS,
+    GLOBAL_TEST_POOL,
+    GLOBAL_TRAIN_POOL,
+    INSTRUCTIONS_FILE,
+    UNION_TRAIN_QUERIES,
+    Column,
+    column,
+)
 from puma.data.instructions import InstructionKey, choose_instruction, load_instructions
-from puma.data.schema import Candidate, DataError, candidate_item, iter_candidates, iter_queries, load_qrels_lines, \
-    query_item, scan_nli
+from puma.data.schema import (
+    Candidate,
+    DataError,
+    candidate_item,
+    iter_candidates,
+    iter_queries,
+    load_qrels_lines,
+    query_item,
+    scan_nli,
+)
 
 
 def text_item(text: str) -> dict:

@@ -154,8 +154,8 @@ def parse_instructions(path: str | Path) -> tuple[dict[InstructionKey, list[str]
             continue
         parts = line.rstrip("\r").split("\t")
         if len(parts) < 5:
-            problems.append((lineno, f"expected >= 5 tab-separated fields (query_modality, cand_modality, "
-                                     f"dataset, dataset_id, prompts...), got {len(parts)}"))
+            problems.append((lineno, (f"expected >= 5 tab-separated fields (query_modality, cand_modality, "
+                                      f"dataset, dataset_id, prompts...), got {len(parts)}")))
             continue
         qmod, cmod, _name, did = parts[:4]
         bad = [m for m in (qmod, cmod) if m not in MODALITIES]

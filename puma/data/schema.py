@@ -338,7 +338,7 @@ def resolve_image(root: str | Path, img_path: str | None) -> str | None:
     """Absolute path of a record's image (``img_path`` is relative to the dataset root)."""
     if img_path is None:
         return None
-    return str((Path(root).resolve() / img_path))
+    return str(Path(root).resolve() / img_path)
 
 
 def query_item(query: Query, root: str | Path, instruction: str | None) -> dict:

@@ -34,8 +34,14 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from puma.data import vocab
-from puma.data.columns import GLOBAL_TEST_POOL, GLOBAL_TRAIN_POOL, INSTRUCTIONS_FILE, TABLE1_COLUMNS, \
-    UNION_TRAIN_QUERIES, Column
+from puma.data.columns import (
+    GLOBAL_TEST_POOL,
+    GLOBAL_TRAIN_POOL,
+    INSTRUCTIONS_FILE,
+    TABLE1_COLUMNS,
+    UNION_TRAIN_QUERIES,
+    Column,
+)
 from puma.data.instructions import write_instructions
 from puma.data.schema import Candidate, Query, write_jsonl
 from puma.data.vocab import Entity, Scene
@@ -245,7 +251,7 @@ def _composed(col, rng, n_q, n_d, _catalog):
     refs = _scenes(rng, keys, kind, n_q)
     queries, cands, targets = [], [], []
     for ref in refs:
-        target = keys.fresh(rng, lambda: vocab.change_one(rng, ref)[0])
+        target = keys.fresh(rng, lambda ref=ref: vocab.change_one(rng, ref)[0])
         attr = next(a for a in vocab.EDITABLE[kind] if getattr(ref, a) != getattr(target, a))
         targets.append((ref, target, attr))
         queries.append(QuerySpec(vocab.edit_text(ref, target, attr, rng.randrange(2)), vocab.jitter(rng, ref),
@@ -256,7 +262,7 @@ def _composed(col, rng, n_q, n_d, _catalog):
     for ref, _t, _a in targets[: min(n_d // 3, len(targets))]:
         distract.append(ref)
     for ref, _t, attr in targets[: min(n_d // 3, len(targets))]:
-        distract.append(keys.fresh(rng, lambda: vocab.change_one(rng, ref, attr)[0]))
+        distract.append(keys.fresh(rng, lambda ref=ref, attr=attr: vocab.change_one(rng, ref, attr)[0]))
     distract += _scenes(rng, keys, kind, n_d - len(distract))
     cands += [CandSpec(None, vocab.jitter(rng, s), _src(s)) for s in distract]
     return queries, cands

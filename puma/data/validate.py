@@ -22,10 +22,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from puma.data.columns import GLOBAL_TEST_POOL, GLOBAL_TRAIN_POOL, INSTRUCTIONS_FILE, TABLE1_COLUMNS, \
-    UNION_TRAIN_QUERIES
+from puma.data.columns import (
+    GLOBAL_TEST_POOL,
+    GLOBAL_TRAIN_POOL,
+    INSTRUCTIONS_FILE,
+    TABLE1_COLUMNS,
+    UNION_TRAIN_QUERIES,
+)
 from puma.data.instructions import parse_instructions
-from puma.data.schema import (Qrel, candidate_problems, iter_qrels, query_problems, scan_nli, DataError)
+from puma.data.schema import DataError, Qrel, candidate_problems, iter_qrels, query_problems, scan_nli
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ class _Checker:
             try:
                 with Image.open(target) as im:
                     im.verify()  # checks the container and chunk CRCs without decoding all pixels
-            except Exception as e:  # PIL raises many types for broken files
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                 return f"image {rel!r} does not open: {type(e).__name__}: {e}"
         return None
 
@@ -143,8 +148,7 @@ class _Checker:
                 if task_id is not None and rec.task_id != task_id:
                     self.add(path, line, f"qrel task_id {rec.task_id} but the file is for task {task_id}")
         except DataError as e:  # empty file
-            path_line, _, msg = str(e).partition(": ")
-            self.add(path, 1, msg or str(e))
+            self.add(path, 1, str(e).partition(": ")[2] or str(e))
 
 
 def validate_root(root: str | Path, check_images: bool = True) -> tuple[list[Problem], dict[str, int]]:

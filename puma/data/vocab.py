@@ -110,8 +110,8 @@ def news_caption(s: Scene, variant: int) -> str:
 
 def fashion_caption(s: Scene, variant: int) -> str:
     """Fashion200K-style terse product description."""
-    forms = [f"{s.color} {s.texture} {s.shape}", f"{s.texture} {s.shape} in {s.color}", f"women's {s.color} {s.shape}, "
-             f"{s.texture} fabric"]
+    forms = [f"{s.color} {s.texture} {s.shape}", f"{s.texture} {s.shape} in {s.color}",
+             f"women's {s.color} {s.shape}, {s.texture} fabric"]
     return forms[variant % len(forms)]
 
 

@@ -114,8 +114,8 @@ VARIANTS = [
      "pos_cand_list entry 9:999999", None),
     ("dangling-train-pos", lambda r: _edit_json(r, U, 1, pos_cand_list=["0:999999"]), U, 1,
      "pos_cand_list entry 0:999999", "train"),
-    ("missing-instruction-row", _drop_instruction_row, I, 0, f"no instruction row for dataset 9, text -> image "
-                                                              f"(needed by", "eval"),
+    ("missing-instruction-row", _drop_instruction_row, I, 0,
+     "no instruction row for dataset 9, text -> image (needed by", "eval"),
     ("instruction-unknown-modality", lambda r: _set_line(r, I, 3, _lines(r, I)[2].replace("text", "audio", 1)), I, 3,
      "unknown modality 'audio'", "eval"),
     ("instruction-duplicate-row", lambda r: (r / I).write_text("".join(_lines(r, I) + [_lines(r, I)[1]])), I, 18,

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from puma.data.download import (MBEIR_REPO, NLI_FILE, NLI_REPO, DownloadError, HFHubClient, RemoteFile,
-                                download_mbeir, download_nli, select_mbeir)
+from puma.data.download import (
+    MBEIR_REPO,
+    NLI_FILE,
+    NLI_REPO,
+    DownloadError,
+    HFHubClient,
+    RemoteFile,
+    download_mbeir,
+    download_nli,
+    select_mbeir,
+)
 
 
 def _git_sha1(data: bytes) -> str:

@@ -54,8 +54,8 @@ def test_linear_probe_beats_chance(mbeir_mini):
         col = column(name)
         queries, cands = load_queries(root / col.query_file), load_candidates(root / col.pool_file)
         rel = load_qrels(root / col.qrels_file)
-        text_side = lambda t: unit(txt_feat(t) @ w)  # noqa: E731
-        image_side = lambda p: unit(img_feat(p) - y_mean)  # noqa: E731
+        text_side = lambda t: unit(txt_feat(t) @ w)
+        image_side = lambda p: unit(img_feat(p) - y_mean)
         if col.task_id == 0:
             qe = np.stack([text_side(q.query_txt) for q in queries])
             ce = np.stack([image_side(c.img_path) for c in cands])

@@ -2,8 +2,15 @@ import json
 
 import pytest
 
-from puma.data.schema import (DataError, candidate_problems, img_path_problem, iter_queries, load_qrels,
-                              parse_qrel_line, query_problems)
+from puma.data.schema import (
+    DataError,
+    candidate_problems,
+    img_path_problem,
+    iter_queries,
+    load_qrels,
+    parse_qrel_line,
+    query_problems,
+)
 
 GOOD_Q = {"qid": "9:1", "query_txt": "a red circle", "query_img_path": None, "query_modality": "text",
           "query_src_content": None, "pos_cand_list": ["9:2"], "neg_cand_list": [], "task_id": 0}
