@@ -184,7 +184,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
              (f"Run {report.get('started', '?')}, {report.get('wall_s', 0):.0f} s in all. "
               "Figures are medians of interleaved runs; `±` is the interquartile range relative to the "
               "median. Ratios are paired per round. Produced by `make bench` (bench/run_all.py)."), "",
-             "## Machine", ""]
+             ]
+    if report.get("headline"):
+        lines += ["## Headline: pruned vs full encode, main k", "", *_table(report["headline"]), ""]
+    lines += ["## Machine", ""]
     lines += [f"- {k}: {fmt_cell(v)}" for k, v in report.get("machine", {}).items()]
     for name, sec in report.get("benchmarks", {}).items():
         lines += ["", f"## {sec.get('title', name)} (`{name}`)", ""]

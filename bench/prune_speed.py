@@ -90,6 +90,20 @@ def measure_kind(model, config, run, kind: str, bench, device: str, sync) -> lis
     return rows
 
 
+def _with_threads(threads: int | None, fn, *args):
+    """Call ``fn(*args)`` with ``threads`` torch threads (None: unchanged), then restore the count.
+
+    The tiny model's calls are milliseconds: one thread keeps them clear of other processes' load on
+    shared cores (a 2-thread parallel region stalls whenever either core is busy).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(settings=None) -> dict[str, Any]:
     """Measure every configured run; return the report section (``tables``: main k and the sweep)."""
     from puma.config import load_settings
@@ -107,35 +121,33 @@ def run(settings=None) -> dict[str, Any]:
         notes += [n for n in why if n not in notes]
         for attn in attns:
             if key != (r.arch, r.dtype, attn):  # consecutive runs of one model share one build
-                model = None
+                model = None  # free the previous model before building the next
                 t0 = time.perf_counter()
                 model = build_random(r.arch, DTYPES[r.dtype], device, attn, seed=settings.seed,
                                      tiny_depth=settings.model.depth)
                 key = (r.arch, r.dtype, attn)
-                notes.append(f"{r.arch} {r.dtype} {attn}: built with random weights in "
-                             f"{time.perf_counter() - t0:.0f} s ({sum(p.numel() for p in model.parameters()) / 1e9:.3f}B params).")
-            # Tiny calls are milliseconds: one thread keeps them clear of other processes' load on
-            # shared cores (a 2-thread region stalls whenever either core is busy).
-            threads = torch.get_num_threads()
-            torch.set_num_threads(r.threads or threads)
-            try:
-                measured = [row for kind in r.kinds
-                            for row in measure_kind(model, model.config, r, kind, bench, device, sync)]
-            finally:
-                torch.set_num_threads(threads)
-            for row in measured:
-                shapes_here = row.pop("_shapes", None)
-                if shapes_here:
-                    shapes[f"{r.arch}/{r.dtype}/{row['kind']}/b{r.batch_size}"] = shapes_here
-                rows.append(dict(row, attn=attn, threads=r.threads or threads))
+                notes.append(f"{r.arch} {r.dtype} {attn}: built with random weights in {time.perf_counter() - t0:.0f} s "
+                             f"({sum(p.numel() for p in model.parameters()) / 1e9:.3f}B params).")
+            for kind in r.kinds:
+                try:
+                    measured = _with_threads(r.threads, measure_kind, model, model.config, r, kind, bench,
+                                             device, sync)
+                except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # e.g. OOM: keep the other rows
+                    notes.append(f"{r.arch} {r.dtype} {attn} {kind} batch {r.batch_size}: failed: {e}")
+                    continue
+                for row in measured:
+                    shapes_here = row.pop("_shapes", None)
+                    if shapes_here:
+                        shapes[f"{r.arch}/{r.dtype}/{kind}/b{r.batch_size}"] = shapes_here
+                    rows.append(dict(row, attn=attn, threads=r.threads or torch.get_num_threads()))
     model = None
     main = [{k: v for k, v in row.items() if k != "main"} for row in rows if row["main"]]
     sweep = [{k: v for k, v in row.items() if k != "main"} for row in rows if not row["main"]]
     return {
         "title": "Pruned vs full encode",
         "meta": {"device": device, "threads": torch.get_num_threads(), "warmup": bench.warmup,
-                 "repeats": bench.repeats, "min time per sample (s)": bench.min_time, "template tokens": bench.template_tokens,
-                 "text tokens": bench.text_tokens, "input shapes": shapes},
+                 "repeats": bench.repeats, "min time per sample (s)": bench.min_time,
+                 "template tokens": bench.template_tokens, "text tokens": bench.text_tokens, "input shapes": shapes},
         "tables": {"main setting (k = 12 of 28 for 2B/7B, model.prune_layers for tiny)": main,
                    "k sweep": sweep},
         "notes": notes + [

@@ -67,6 +67,16 @@ def run_one(name: str, settings: Any, import_module: Callable = importlib.import
     return section
 
 
+HEADLINE_KEYS = ("arch", "dtype", "attn", "kind", "batch", "k", "speedup", "flops ratio", "efficiency")
+
+
+def headline(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The main-k rows of ``prune_speed`` reduced to speedup, FLOPs ratio and efficiency."""
+    tables = section.get("tables", {})
+    main = next((rows for title, rows in tables.items() if title.startswith("main")), [])
+    return [{k: row.get(k) for k in HEADLINE_KEYS} for row in main]
+
+
 def _error(e: BaseException, t0: float) -> dict[str, Any]:
     return {"status": "error", "reason": f"{type(e).__name__}: {e}",
             "traceback": traceback.format_exc(limit=-4), "wall_s": time.perf_counter() - t0}
@@ -106,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         section.setdefault("title", title)
         section.setdefault("owner", owner)
         report["benchmarks"][name] = section
+        if name == "prune_speed" and section["status"] == "ok":
+            report["headline"] = headline(section)
         report["wall_s"] = time.perf_counter() - t0
         write_report(report, args.json, args.md)
         print(f"[bench] {name}: {section['status']} in {section['wall_s']:.0f} s"

@@ -122,3 +122,17 @@ def test_run_one_skips_missing_and_reports_errors():
     err = run_one("bad", 7, import_module=imp)
     assert err["status"] == "error" and err["reason"] == "RuntimeError: kaput"
     assert run_one("notdict", 7, import_module=imp)["status"] == "error"
+
+
+def test_headline_from_prune_speed_main_rows(tmp_path):
+    from bench.run_all import headline
+
+    speed = harness.stats([2.0, 2.2, 1.8])
+    main = {"arch": "2b", "dtype": "bfloat16", "kind": "text", "k": "12/28", "GFLOPs full": 190.0,
+            "speedup": speed, "flops ratio": 2.5, "efficiency": 0.8}
+    sec = {"tables": {"main setting": [main], "k sweep": [dict(main, k="4/28")]}}
+    rows = headline(sec)
+    assert rows == [{"arch": "2b", "dtype": "bfloat16", "attn": None, "kind": "text", "batch": None,
+                     "k": "12/28", "speedup": speed, "flops ratio": 2.5, "efficiency": 0.8}]
+    md = harness.render_markdown({"headline": rows, "benchmarks": {}})
+    assert md.index("## Headline") < md.index("## Machine") and "| 2b | bfloat16 | - | text |" in md
