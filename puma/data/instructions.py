@@ -138,6 +138,19 @@ def write_instructions(path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def _header_columns(header: list[str]) -> tuple[int, int, int]:
+    """Indices of (query modality, candidate modality, dataset id), found by name in the header so a
+    reordered tsv still parses; UniIR's positional order (0, 1, 3) when the names are not recognised."""
+    names = [h.strip().lower().replace(" ", "_") for h in header]
+
+    def find(*words: str) -> int | None:
+        hits = [i for i, n in enumerate(names) if all(w in n for w in words)]
+        return hits[0] if len(hits) == 1 else None
+
+    found = (find("query", "modal"), find("cand", "modal"), find("dataset", "id"))
+    return found if None not in found and len(set(found)) == 3 and max(found) < 4 else (0, 1, 3)
+
+
 def parse_instructions(path: str | Path) -> tuple[dict[InstructionKey, list[str]], list[tuple[int, str]]]:
     """Parse the tsv, returning the table and *all* problems as ``(line, message)`` (for validation)."""
     path = Path(path)
@@ -149,6 +162,7 @@ def parse_instructions(path: str | Path) -> tuple[dict[InstructionKey, list[str]
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines or not lines[0].strip():
         return {}, [(1, "empty file (expected a header and one row per (dataset, modality pair))")]
+    cols = _header_columns(lines[0].rstrip("\r").split("\t"))
     for lineno, line in enumerate(lines[1:], 2):  # line 1 is the header
         if not line.strip():
             continue
@@ -157,7 +171,7 @@ def parse_instructions(path: str | Path) -> tuple[dict[InstructionKey, list[str]
             problems.append((lineno, (f"expected >= 5 tab-separated fields (query_modality, cand_modality, "
                                       f"dataset, dataset_id, prompts...), got {len(parts)}")))
             continue
-        qmod, cmod, _name, did = parts[:4]
+        qmod, cmod, did = (parts[i].strip() for i in cols[:3])
         bad = [m for m in (qmod, cmod) if m not in MODALITIES]
         if bad:
             problems.append((lineno, f"unknown modality {bad[0]!r} (one of {', '.join(MODALITIES)})"))
@@ -165,7 +179,7 @@ def parse_instructions(path: str | Path) -> tuple[dict[InstructionKey, list[str]
         if not did.strip().isdigit():
             problems.append((lineno, f"dataset_id must be an integer, got {did!r}"))
             continue
-        prompts = [p.strip() for p in parts[4:] if p.strip()]
+        prompts = [p.strip() for i, p in enumerate(parts) if i >= 4 and i not in cols[:3] and p.strip()]
         if not prompts:
             problems.append((lineno, "no instruction phrasing in the row"))
             continue

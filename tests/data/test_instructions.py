@@ -31,3 +31,12 @@ def test_missing_key_is_a_clear_error(tmp_path):
     write_instructions(tmp_path / "i.tsv")
     with pytest.raises(DataError, match="no instruction row for dataset 9, image -> image"):
         choose_instruction(load_instructions(tmp_path / "i.tsv"), "9:1", 9, "image", "image", 0)
+
+
+def test_header_names_decide_the_column_order(tmp_path):
+    p = tmp_path / "i.tsv"
+    p.write_text("Dataset ID\tDataset\tQuery Modality\tCandidate Modality\tp1\tp2\n"
+                 "9\tMSCOCO\ttext\timage\tFind it.\tShow it.\n")
+    assert load_instructions(p) == {(9, "text", "image"): ["Find it.", "Show it."]}
+    p.write_text("a\tb\tc\td\te\n" "text\timage\tMSCOCO\t9\tFind it.\n")  # unknown names: UniIR's order
+    assert load_instructions(p) == {(9, "text", "image"): ["Find it."]}
