@@ -202,26 +202,29 @@ def parse_qrel_line(text: str) -> Qrel | str:
 # ---------------------------------------------------------------- file readers
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
-    """Yield ``(line_number, parsed_object)``; a line that is not JSON raises ``DataError(file:line)``.
-
-    Blank lines are skipped; an empty file is an error (a truncated download looks like one).
-    """
+def _nonblank_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
+    """``(line_number, text)`` of the non-blank lines; a missing or empty file raises ``DataError``
+    (an empty file is what a truncated download often looks like)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     seen = False
     with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            seen = True
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if line.strip():
+                seen = True
+                yield lineno, line
     if not seen:
-        raise DataError(f"{path}:1: empty file (no records)")
+        raise DataError(f"{path}:1: empty file (no {what})")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """Yield ``(line_number, parsed_object)``; a line that is not JSON raises ``DataError(file:line)``."""
+    for lineno, line in _nonblank_lines(path, "records"):
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
 def _iter_records(path, problems_fn, make_fn, id_key, with_lines):
@@ -260,17 +263,8 @@ def load_candidates(path: str | Path) -> list[Candidate]:
 
 def iter_qrels(path: str | Path) -> Iterator[tuple[int, Qrel | str]]:
     """``(line_number, Qrel or problem string)`` for every non-blank line of a qrels file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    seen = False
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                seen = True
-                yield lineno, parse_qrel_line(line)
-    if not seen:
-        raise DataError(f"{path}:1: empty file (no qrels)")
+    for lineno, line in _nonblank_lines(path, "qrels"):
+        yield lineno, parse_qrel_line(line)
 
 
 def load_qrels_lines(path: str | Path) -> dict[str, dict[str, int]]:
