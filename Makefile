@@ -10,6 +10,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
 .PHONY: install run test test-slow test-all bench lint lock clean help
+.PHONY: flow prefect-up prefect-run prefect-down mlflow-ui
 
 help:
 	@echo "make run        install .venv and run the default pipeline (dvc repro on the embedded tiny default)"
@@ -17,6 +18,10 @@ help:
 	@echo "make test-slow  the slow tests (multi-process, kill -9 resume, end-to-end flow)"
 	@echo "make bench      benchmarks -> reports/bench.json + reports/bench.md"
 	@echo "make lock       re-resolve requirements/lock.txt from pyproject.toml"
+	@echo "make flow       the same pipeline as a Prefect flow run (temporary local server)"
+	@echo "make prefect-up local Prefect server + process worker on 127.0.0.1:4200, deployment puma/full-pipeline"
+	@echo "make prefect-run   prefect deployment run puma/full-pipeline --watch   (make prefect-down stops both)"
+	@echo "make mlflow-ui  MLflow UI on http://127.0.0.1:5000 for the local store (mlruns.db + mlartifacts/)"
 
 install: $(STAMP)
 
@@ -31,6 +36,25 @@ $(STAMP):
 
 run: install
 	dvc repro
+	python -m flows.summary
+
+# Orchestration (README: Pipeline, Prefect, MLflow). The flow runs the dvc.yaml stages one by one.
+flow: install
+	python flows/puma_flow.py
+
+prefect-up: install
+	flows/prefect_local.sh up
+
+prefect-run: install
+	flows/prefect_local.sh run
+
+prefect-down:
+	flows/prefect_local.sh down
+
+MLFLOW_PORT ?= 5000
+mlflow-ui: install
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --default-artifact-root $(CURDIR)/mlartifacts \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 test: install
 	python -m pytest -q

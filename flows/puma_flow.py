@@ -29,6 +29,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # a worker loads this file by path (entrypoint): make `flows` importable
+    sys.path.insert(0, str(REPO))
+
+from flows.summary import format_summary, pipeline_summary  # noqa: E402
 
 
 class StageFailed(RuntimeError):
@@ -124,7 +128,11 @@ def run_streaming(cmd: list[str], cwd: Path, timeout_s: float, log, env: dict[st
 
 @task(task_run_name="{stage}", retries=1, retry_delay_seconds=10)
 def dvc_stage(stage: str, root: str, timeout_s: float = 4 * 3600, force: bool = False) -> dict[str, Any]:
-    """Run one DVC stage (``dvc repro --single-item``); a retry resumes from the stage's own checkpoints."""
+    """Run one DVC stage (``dvc repro --single-item``).
+
+    A retry re-runs the stage from scratch: DVC clears a stage's outs before running it, so a retry never
+    resumes from checkpoints written under another configuration.
+    """
     logger = get_run_logger()
     cmd = ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
     start = time.monotonic()
@@ -152,7 +160,7 @@ def puma(
         force: re-run stages even when DVC finds them unchanged.
         repo: the checkout to run in (default: the one this file is in).
         stage_timeout_s: hard limit per stage; the stage's process group is killed past it.
-        retries: retries per stage (training resumes from its last checkpoint).
+        retries: retries per stage (each retry re-runs the stage from a clean output folder).
     """
     root = Path(repo).resolve() if repo else REPO
     sets = apply_overrides(root, params_file, overrides)
@@ -165,25 +173,8 @@ def puma(
         run = dvc_stage.with_options(retries=retries)
         results.append(run(stage, str(root), stage_timeout_s, force))
     summary = {"stages": results, **pipeline_summary(root)}
-    print(json.dumps(summary, indent=2))
+    print(format_summary(summary))
     return summary
-
-
-def pipeline_summary(root: Path) -> dict[str, Any]:
-    """Where the results are: metrics, report, registry entry (whatever exists)."""
-    out: dict[str, Any] = {}
-    for key, rel in [("metrics", "reports/metrics.json"), ("report", "reports/report.md"),
-                     ("registry", "reports/registry.json")]:
-        if (root / rel).exists():
-            out[key] = str(root / rel)
-    registry = root / "reports" / "registry.json"
-    if registry.exists():
-        reg = json.loads(registry.read_text())
-        out["mlflow_run"] = reg.get("parent_run_id")
-        out["model_version"] = reg.get("version")
-        out["global.avg"] = reg.get("global.avg")
-        out["promotion"] = (reg.get("promotion") or {}).get("reason")
-    return out
 
 
 if __name__ == "__main__":
