@@ -157,7 +157,8 @@ def puma(
         params_file: params file to run with (copied over ``params.yaml``; default: use it as is).
         overrides: ``{"mac.lambda": 0.5, ...}`` applied like ``dvc exp run -S``.
         stages: run only these stages (and what they depend on); default: all.
-        force: re-run stages even when DVC finds them unchanged.
+        force: re-run ``stages`` (default: all) even when DVC finds them unchanged; their upstream
+            stages still run only if changed (like ``dvc repro --force --single-item``).
         repo: the checkout to run in (default: the one this file is in).
         stage_timeout_s: hard limit per stage; the stage's process group is killed past it.
         retries: retries per stage (each retry re-runs the stage from a clean output folder).
@@ -169,9 +170,10 @@ def puma(
     order = pipeline_stages(root, stages)
     print(f"stages: {' -> '.join(order)}")
     results = []
+    forced = set(stages or order) if force else set()
     for stage in order:
         run = dvc_stage.with_options(retries=retries)
-        results.append(run(stage, str(root), stage_timeout_s, force))
+        results.append(run(stage, str(root), stage_timeout_s, stage in forced))
     summary = {"stages": results, **pipeline_summary(root)}
     print(format_summary(summary))
     return summary

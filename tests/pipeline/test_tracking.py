@@ -140,3 +140,20 @@ def test_default_columns_are_the_16_of_table1():
     del full["global"][names[-1]]  # e.g. `puma evaluate --column ...` on a subset
     bad = tracking.check_evaluation(full, ["local", "global"])
     assert not bad.complete and f"global.{names[-1]}" in bad.reason
+
+
+def test_champion_loads_as_a_working_retriever(tmp_path, monkeypatch, tiny_dir):
+    """models:/puma-retriever@champion -> PumaRetriever that embeds queries and documents."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("tracking:\n  uri: sqlite:///mlruns.db\n")
+    settings = load_settings(tmp_path / "params.yaml")
+    metrics = _metrics(30.0)
+    check = tracking.check_evaluation(metrics, ["local", "global"], COLUMNS)
+    run = tracking.log_pipeline(settings, tmp_path)
+    version = tracking.register_model(settings, run.run_id, tiny_dir, check, tmp_path)
+    assert tracking.promote(settings, version, tmp_path).promoted
+    retriever = tracking.load_retriever(settings, root=tmp_path)
+    q = retriever.encode_query([{"text": "a red car", "instruction": "Find a caption."}])
+    d = retriever.encode_document(["a red car", "a blue boat"])
+    assert q.shape == (1, 64) and d.shape == (2, 64)
+    assert abs(float((q**2).sum()) - 1.0) < 1e-4  # normalised
