@@ -96,3 +96,95 @@ def test_flow_runs_stages_in_order_skips_unchanged_and_reruns_downstream(toy_rep
     again = puma(repo=str(toy_repo), overrides={"mac.lambda": 0.5})
     assert [(s["stage"], s["skipped"]) for s in again["stages"]] == [("first", True), ("second", False),
                                                                        ("side", True)]
+
+
+# ---------------------------------------------------------------- the real pipeline (slow)
+
+UPSTREAM_OF_STAGE2 = {"tiny", "mbeir", "nli", "prune", "teacher_cache", "stage1"}
+STAGE2_ONWARDS = {"stage2", "evaluate", "report", "register"}
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A fresh clone of this repository (committed state), as `git clone` gives a newcomer."""
+    dst = tmp_path_factory.mktemp("clone") / "puma"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(dst)], check=True)
+    return dst
+
+
+def _ran(summary) -> tuple[set[str], set[str]]:
+    ran = {s["stage"] for s in summary["stages"] if not s["skipped"]}
+    return ran, {s["stage"] for s in summary["stages"]} - ran
+
+
+@pytest.mark.slow
+def test_flow_end_to_end_on_the_tiny_default(clone, monkeypatch):
+    """Whole pipeline through the flow; a rerun does nothing; mac.lambda re-runs stage 2 onwards only."""
+    import mlflow
+
+    from flows.puma_flow import puma
+    from puma import tracking
+    from puma.config import load_settings
+
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    first = puma(repo=str(clone))
+    ran, _ = _ran(first)
+    assert ran == UPSTREAM_OF_STAGE2 | STAGE2_ONWARDS, first
+    print("stage seconds:", {s["stage"]: s["seconds"] for s in first["stages"]})
+    assert first["mlflow"]["promotion"].startswith("promoted")
+    metrics = json.loads((clone / "artifacts/eval/metrics.json").read_text())
+    assert set(metrics) == {"local", "global"} and len(metrics["global"]) == 16 + 4
+
+    again = puma(repo=str(clone))
+    assert _ran(again)[0] == set(), again
+
+    lam = puma(repo=str(clone), overrides={"mac.lambda": 0.5})
+    ran, skipped = _ran(lam)
+    assert ran == STAGE2_ONWARDS and skipped == UPSTREAM_OF_STAGE2, lam
+
+    # MLflow: one parent per pipeline run that did work, a nested run per stage, two registered versions.
+    settings = load_settings(clone / "params.yaml")
+    uri = tracking.resolve_uri(settings.tracking.uri, clone)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(settings.tracking.experiment)
+    parents = client.search_runs([exp.experiment_id], "tags.`puma.kind` = 'pipeline'")
+    assert len(parents) == 2 and {p.data.params["mac.lambda"] for p in parents} == {"0.2", "0.5"}
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert {c.data.tags["puma.stage"] for c in children} >= {"stage1", "stage2", "evaluate"}
+    stage2 = next(c for c in children if c.data.tags["puma.stage"] == "stage2")
+    assert len(client.get_metric_history(stage2.info.run_id, "loss")) > 1  # per-step training metrics
+    versions = tracking.model_versions(settings, clone)
+    assert [v["version"] for v in versions] == ["2", "1"] and versions[0]["promotion"]
+    retriever = tracking.load_retriever(settings, root=clone)
+    assert retriever.encode_query(["a query"]).shape[0] == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_deployment_runs_through_a_local_server_and_process_worker(clone, tmp_path):
+    """make prefect-up's script: server + `puma` process pool + `prefect deploy` + worker on 127.0.0.1,
+    then `prefect deployment run puma/full-pipeline --watch` (forcing the report stage)."""
+    env = {**_env(), "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_PORT": str(_free_port())}
+    env.pop("PREFECT_API_URL", None)
+    script = clone / "flows" / "prefect_local.sh"
+    report = clone / "reports" / "report" / "report.md"
+    before = report.stat().st_mtime if report.exists() else 0.0
+    try:
+        up = subprocess.run([str(script), "up"], env=env, capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        run = subprocess.run([str(script), "run", "--params", json.dumps({"stages": ["report"], "force": True})],
+                             env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{env['PREFECT_PORT']}/api"},
+                             capture_output=True, text=True, timeout=1800)
+        worker_log = (tmp_path / "prefect" / "worker.log").read_text()
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_log[-3000:]
+        assert "Completed" in run.stdout
+        assert report.stat().st_mtime > before
+    finally:
+        subprocess.run([str(script), "down"], env=env, capture_output=True, timeout=120)
