@@ -139,9 +139,9 @@ def make_batch(config, kind: Kind, batch_size: int, *, template_tokens: int, tex
     return out
 
 
-def shape_of(batch: dict[str, Any]) -> dict[str, list[int]]:
-    """Tensor shapes of a batch, for the report's metadata."""
-    return {k: list(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
+def shape_of(batch: dict[str, Any]) -> str:
+    """Tensor shapes of a batch for the report's metadata, e.g. ``input_ids 2x72, pixel_values 256x1176``."""
+    return ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in batch.items() if torch.is_tensor(v))
 
 
 def encode(model, batch: dict[str, Any]) -> torch.Tensor:

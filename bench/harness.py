@@ -97,15 +97,18 @@ def interleaved(
 
 
 def speed_row(times: Mapping[str, list[float]], base: str, other: str, batch_size: int,
-              flops_ratio: float | None = None) -> dict[str, Any]:
+              flops_ratio: float | None = None, other_label: str | None = None) -> dict[str, Any]:
     """One comparison row: throughput of both sides, paired speedup ``base/other``, efficiency.
+
+    ``other_label`` names the second side's column (default ``other``), so rows comparing the base
+    with different variants (k = 4, 8, ...) share one column.
 
     ``efficiency = speedup / flops_ratio``: 1.0 means the wall-clock gain is everything the FLOPs
     reduction allows (the paper's 7B: 1.96 / 2.11 = 0.926).
     """
     row: dict[str, Any] = {
         f"{base} samples/s": stats([batch_size / t for t in times[base]]),
-        f"{other} samples/s": stats([batch_size / t for t in times[other]]),
+        f"{other_label or other} samples/s": stats([batch_size / t for t in times[other]]),
         "speedup": paired_ratio(times[base], times[other]),
     }
     if flops_ratio is not None:
@@ -195,7 +198,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if status != "ok":
             lines += [f"**{status}**: {sec.get('reason', '')}"]
             continue
-        lines += [f"- {k}: {fmt_cell(v)}" for k, v in sec.get("meta", {}).items()]
+        for key, val in sec.get("meta", {}).items():
+            if isinstance(val, dict) and "median" not in val:  # nested metadata: one sub-bullet each
+                lines += [f"- {key}:"] + [f"  - {k}: {fmt_cell(v)}" for k, v in val.items()]
+            else:
+                lines += [f"- {key}: {fmt_cell(val)}"]
         if sec.get("wall_s") is not None:
             lines += [f"- wall time: {sec['wall_s']:.0f} s"]
         for title, rows in _row_groups(sec):

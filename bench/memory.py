@@ -1,4 +1,6 @@
-"""Peak memory of encode and of a LoRA training step, full-depth vs pruned (``params.yaml: bench.memory_runs``).
+"""Peak memory of encode and of a LoRA training step, full-depth vs pruned (``bench.memory_runs``).
+
+On a CUDA machine ``bench.gpu_memory_runs`` are measured instead.
 
 Each measurement runs in a fresh child process (peak RSS only grows, so sides cannot share one):
 the child builds the model with random weights, runs the phase, and reports its peak resident set
@@ -46,7 +48,10 @@ def peak_rss_bytes() -> int:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Child side: build, run one phase, report memory. ``spec``: arch, dtype, k, kind, batch, phase, ..."""
+    """Child side: build, run encode then a training step, report memory after each.
+
+    ``spec``: arch, dtype, k, kind, batch, shape (make_batch keywords), lora_r, tau.
+    """
     import torch
 
     from bench.archs import DTYPES, build_random, encode, make_batch, param_bytes
@@ -64,18 +69,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     after_build = rss_bytes()
     batches = [make_batch(model.config, spec["kind"], spec["batch"], device=device, dtype=dtype, seed=s,
                           **spec["shape"]) for s in (0, 1)]
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    if spec["phase"] == "encode":
-        with torch.inference_mode():
-            encode(model, batches[0])
-    else:
-        train_step(model, batches, spec["lora_r"], spec["tau"])
-    out = {"weights": weights, "baseline rss": baseline, "rss after build": after_build,
-           "peak rss": peak_rss_bytes(), "phase s": time.perf_counter() - t0}
-    if device == "cuda":
-        out["cuda max allocated"] = torch.cuda.max_memory_allocated()
+    out = {"weights": weights, "baseline rss": baseline, "rss after build": after_build}
+    for phase in PHASES:  # encode first: its peak is below the training step's, which comes after it
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        if phase == "encode":
+            with torch.inference_mode():
+                encode(model, batches[0])
+        else:
+            train_step(model, batches, spec["lora_r"], spec["tau"])
+        out[phase] = {"peak rss": peak_rss_bytes(), "seconds": time.perf_counter() - t0}
+        if device == "cuda":
+            out[phase]["cuda max allocated"] = torch.cuda.max_memory_allocated()
     return out
 
 
@@ -105,46 +111,54 @@ def spawn(spec: dict[str, Any], timeout: int = 600) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-        raise RuntimeError(f"memory child {spec['arch']}/{spec['phase']}/k={spec['k']} failed: {tail[0]}")
+        raise RuntimeError(f"memory child {spec['arch']}/{spec['kind']}/k={spec['k']} failed: {tail[0]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_row(r, kind: str, phase: str, depth: int, lora_r: int, res: dict[str, dict]) -> dict[str, Any]:
+    """One table row from the full and pruned children's reports."""
+    from bench.archs import gib
+
+    key = "cuda max allocated" if "cuda max allocated" in res["full"][phase] else "peak rss"
+    peak = {side: res[side][phase][key] for side in res}
+    # On CPU the process's own baseline (Python + libraries) is subtracted; CUDA counts only tensors.
+    above = {side: peak[side] - (res[side]["baseline rss"] if key == "peak rss" else 0) for side in res}
+    return {"arch": r.arch, "dtype": r.dtype, "kind": kind, "batch": r.batch_size, "phase": phase,
+            "k": f"{r.k}/{depth}", "lora r": lora_r if phase == "train step" else None,
+            "weights GiB full": gib(res["full"]["weights"]), "weights GiB pruned": gib(res["pruned"]["weights"]),
+            f"{key} GiB full": gib(peak["full"]), f"{key} GiB pruned": gib(peak["pruned"]),
+            "above baseline GiB full": gib(above["full"]), "above baseline GiB pruned": gib(above["pruned"]),
+            "full / pruned (above baseline)": above["full"] / above["pruned"]}
 
 
 def run(settings=None) -> dict[str, Any]:
     """Peak memory for every memory run, phase and side; ratios full / pruned."""
-    from bench.archs import gib
     from puma.config import load_settings
     from puma.model.flops import load_config
 
     settings = settings or load_settings()
     bench = settings.bench
     rows, notes = [], []
-    for r in bench.memory_runs:
+    for r in bench.gpu_memory_runs if _cuda() else bench.memory_runs:
         depth = settings.model.depth if r.arch == "tiny" else load_config(r.arch).text_config.num_hidden_layers
         lora_r = settings.stage1.lora_r if r.arch == "tiny" else bench.lora_r
         shape = {"template_tokens": bench.template_tokens, "text_tokens": bench.text_tokens,
                  "image_hw": list(r.image_hw), "min_pixels": r.min_pixels, "max_pixels": r.max_pixels}
         for kind in r.kinds:
-            for phase in PHASES:
-                res = {}
-                for side, k in (("full", depth), ("pruned", r.k)):
-                    spec = {"arch": r.arch, "dtype": r.dtype, "k": k, "kind": kind, "batch": r.batch_size,
-                            "phase": phase, "shape": shape, "lora_r": lora_r, "tau": settings.stage1.tau,
-                            "tiny_depth": settings.model.depth}
+            res = {}
+            for side, k in (("full", depth), ("pruned", r.k)):
+                spec = {"arch": r.arch, "dtype": r.dtype, "k": k, "kind": kind, "batch": r.batch_size,
+                        "shape": shape, "lora_r": lora_r, "tau": settings.stage1.tau,
+                        "tiny_depth": settings.model.depth}
+                try:
                     res[side] = spawn(spec)
-                key = "cuda max allocated" if "cuda max allocated" in res["full"] else "peak rss"
-                rows.append({
-                    "arch": r.arch, "dtype": r.dtype, "kind": kind, "batch": r.batch_size, "phase": phase,
-                    "k": f"{r.k}/{depth}", "lora r": lora_r if phase == "train step" else None,
-                    "weights GiB full": gib(res["full"]["weights"]),
-                    "weights GiB pruned": gib(res["pruned"]["weights"]),
-                    f"{key} GiB full": gib(res["full"][key]),
-                    f"{key} GiB pruned": gib(res["pruned"][key]),
-                    "full / pruned": res["full"][key] / res["pruned"][key],
-                    "above baseline GiB full": gib(res["full"][key] - res["full"]["baseline rss"] * (key == "peak rss")),
-                    "above baseline GiB pruned": gib(res["pruned"][key] - res["pruned"]["baseline rss"] * (key == "peak rss")),
-                })
-    notes.append("peak rss = ru_maxrss of a fresh process per cell (includes Python + torch, about the "
-                 "'baseline'); 'above baseline' subtracts the RSS measured after imports.")
+                except (RuntimeError, subprocess.TimeoutExpired) as e:  # e.g. OOM: keep the other rows
+                    notes.append(f"{r.arch} {r.dtype} {kind} batch {r.batch_size} {side}: {e}")
+            if len(res) == 2:
+                rows += [memory_row(r, kind, phase, depth, lora_r, res) for phase in PHASES]
+    notes.append("peak rss = ru_maxrss of a fresh process per side (includes Python + libraries); 'above "
+                 "baseline' subtracts the RSS measured after imports. Each process runs encode, then the "
+                 "training step (whose peak is the larger, so ru_maxrss after it is its own).")
     notes.append("Training step without the teacher (stage 2's shape; stage 1 adds the teacher: a second full "
                  "model when live, nothing when cached). No gradient checkpointing.")
     return {"title": "Peak memory: encode and LoRA training step, full vs pruned",

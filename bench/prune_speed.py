@@ -84,7 +84,8 @@ def measure_kind(model, config, run, kind: str, bench, device: str, sync) -> lis
                "seq": int(batch["input_ids"].shape[1]), "image tokens": image_tokens,
                "k": f"{k}/{depth}", "main": k == run.k,
                "GFLOPs full": full_flops / 1e9, "GFLOPs pruned": k_flops / 1e9}
-        row.update(speed_row(times, "full", f"k={k}", run.batch_size, flops_ratio=full_flops / k_flops))
+        row.update(speed_row(times, "full", f"k={k}", run.batch_size, flops_ratio=full_flops / k_flops,
+                             other_label="pruned"))
         rows.append(row)
     rows[0]["_shapes"] = shape_of(batch)
     return rows

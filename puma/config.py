@@ -192,6 +192,7 @@ class BenchSettings(_Section):
     cpu_runs: list[BenchRun] = [BenchRun(k=4, k_sweep=[1, 2, 3, 5, 6, 7], max_pixels=16 * 28 * 28)]
     gpu_runs: list[BenchRun] = [BenchRun(arch="7b", dtype="bfloat16", batch_size=64)]
     memory_runs: list[BenchRun] = [BenchRun(k=4, max_pixels=16 * 28 * 28)]
+    gpu_memory_runs: list[BenchRun] = [BenchRun(arch="7b", dtype="bfloat16", batch_size=8, kinds=["image+text"])]
 
 
 class Settings(BaseSettings):

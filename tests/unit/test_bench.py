@@ -79,10 +79,12 @@ def test_speed_row_throughput_speedup_efficiency():
     assert row["speedup"]["median"] == 2.0
     assert row["efficiency"] == pytest.approx(2.0 / 2.5)
     assert "efficiency" not in harness.speed_row(times, "full", "k=12", batch_size=4)
+    assert "pruned samples/s" in harness.speed_row(times, "full", "k=12", batch_size=4, other_label="pruned")
 
 
 def test_write_report_json_and_markdown(tmp_path):
-    sec = {"title": "Pruned vs full", "status": "ok", "meta": {"dtype": "bfloat16", "shape": [2, 72]},
+    sec = {"title": "Pruned vs full", "status": "ok",
+           "meta": {"dtype": "bfloat16", "shape": [2, 72], "inputs": {"text": "input_ids 2x72"}},
            "rows": [{"kind": "text", "speedup": harness.stats([2.0, 2.1, 1.9]), "efficiency": 0.95}],
            "notes": ["a note"]}
     report = {"started": "now", "wall_s": 3.0, "machine": {"cpu": "x"},
@@ -91,7 +93,7 @@ def test_write_report_json_and_markdown(tmp_path):
     assert json.loads((tmp_path / "r" / "bench.json").read_text()) == report
     md = (tmp_path / "r" / "bench.md").read_text()
     assert "| kind | speedup | efficiency |" in md and "| text | 2 ±5% | 0.95 |" in md
-    assert "- shape: 2x72" in md and "**skipped**: not there" in md and "> a note" in md
+    assert "- shape: 2x72" in md and "- inputs:\n  - text: input_ids 2x72" in md and "**skipped**: not there" in md and "> a note" in md
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["bench.json", "bench.md"]
 
 
