@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -122,3 +123,94 @@ def test_prune_real_configs_on_meta(name, vision, per_layer):
         with torch.device("meta"):
             rebuilt = Qwen2VLModel(Qwen2VLConfig.from_dict(model.config.to_dict()))
         assert count_params(rebuilt) == kept
+
+
+def test_load_pruned_bf16_with_device_map(tiny_dir):
+    model = load_pruned(tiny_dir, 5, dtype=torch.bfloat16, device_map="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert len(model.language_model.layers) == 5
+
+
+def test_cli_prune_reads_params_and_reports(tiny_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from puma.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"model:\n  base: {tiny_dir}\n  prune_layers: 2\n  ret_token: '[EMB]'\n  ret_init: 'token:red'\n")
+    res = CliRunner().invoke(app, ["model", "prune", "--out", str(tmp_path / "p"), "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert "to k=2" in res.output and "added, init token:red" in res.output
+    meta = json.loads((tmp_path / "p" / "config.json").read_text())["puma"]
+    assert meta["k"] == 2 and meta["ret"]["token"] == "[EMB]"
+    res = CliRunner().invoke(app, ["model", "prune", "--base", str(tiny_dir), "--layers", "9", "--out",
+                                   str(tmp_path / "bad"), "--params", str(params)])
+    assert res.exit_code == 1 and "1..8" in res.output and not (tmp_path / "bad").exists()
+
+
+class _RecordingSlice:
+    """A safetensors slice that records when it is materialised."""
+
+    def __init__(self, inner, key, read):
+        self._inner, self._key, self._read = inner, key, read
+
+    def __getitem__(self, index):
+        self._read.add(self._key)
+        return self._inner[index]
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_load_pruned_never_reads_dropped_weights(tiny_dir, monkeypatch):
+    # "Never two copies": the dropped layers and lm_head are not even read from the file, so a
+    # 7B base pruned to 12 layers costs the memory of the kept part only (also with device_map).
+    import transformers.modeling_utils as mu
+
+    read: set[str] = set()
+    real_open = mu.safe_open
+
+    class RecordingOpen:
+        def __init__(self, *args, **kwargs):
+            self._f = real_open(*args, **kwargs)
+
+        def get_slice(self, key):
+            return _RecordingSlice(self._f.get_slice(key), key, read)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+    monkeypatch.setattr(mu, "safe_open", RecordingOpen)
+    load_pruned(tiny_dir, 3)
+    # Keys as stored in the file (hub layout: model.layers.N..., visual.blocks.N..., lm_head.weight).
+    layer = {key: int(re.search(r"layers\.(\d+)\.", key).group(1)) for key in read
+             if "layers." in key and "visual" not in key}
+    assert set(layer.values()) == {0, 1, 2}  # the recorder saw every kept layer ...
+    assert any("visual." in key for key in read) and any("embed_tokens" in key for key in read)
+    assert not any("lm_head" in key for key in read)  # ... and no lm_head, no layer 3..7
+
+
+@pytest.mark.slow
+def test_prune_2b_architecture_bf16(tiny_dir, tmp_path):
+    """A bf16 Qwen2-VL-2B-shaped checkpoint (zero weights) pruned to k=12 on the CPU device map:
+    the kept parameter counts are right, [RET] lands in a spare row (no resize), and it loads cleanly."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    config = load_config("2b")
+    with torch.device("meta"):
+        full = Qwen2VLForConditionalGeneration(config)
+    full = full.to_empty(device="cpu").to(torch.bfloat16)
+    for p in full.parameters():
+        p.data.zero_()
+    full.save_pretrained(tmp_path / "base")
+    del full
+    load_processor(tiny_dir).save_pretrained(tmp_path / "base")  # any processor; [EMB] is added below
+    out = save_pruned(tmp_path / "base", 12, tmp_path / "k12", ret_token="[EMB]", dtype=torch.bfloat16,
+                      device_map="cpu")
+    model, info = Qwen2VLModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    kept = count_params(model)
+    assert kept["total"] == 1_460_220_416 and kept["layers"] == 12 * 46_797_824
+    assert model.dtype == torch.bfloat16
+    meta = json.loads((out / "config.json").read_text())["puma"]
+    assert meta["ret"]["added"] and meta["ret"]["id"] < config.text_config.vocab_size  # spare row, no resize
