@@ -430,18 +430,14 @@ def embed_pool(
     out: str | os.PathLike,
     *,
     model_dir: str | os.PathLike,
-    shard_size: int,
-    batch_size: int,
-    dtype: str = "float16",
-    shard_index: int = 0,
-    num_shards: int = 1,
-    num_workers: int = 0,
-    progress: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> EmbeddingStore:
     """Embed the candidates of an M-BEIR pool jsonl (no instruction) into shards under ``out``.
 
     Image paths in the pool are relative to ``root``. The manifest records the model (path and
-    fingerprint), the pool (path and sha256), dtype, dim and count; a rerun resumes.
+    fingerprint), the pool (path and sha256), dtype, dim and count; a rerun resumes. ``options`` are
+    :func:`embed_records`'s (``shard_size``, ``batch_size``, ``dtype``, ``shard_index``,
+    ``num_shards``, ``num_workers``, ``progress``).
     """
     from puma.data.schema import candidate_item, iter_candidates
 
@@ -449,9 +445,7 @@ def embed_pool(
                 "source": str(pool), "source_sha256": file_sha256(pool), "count": count_records(pool),
                 "root": str(root)}
     records = ((c.did, candidate_item(c, root)) for c in iter_candidates(pool))
-    return embed_records(records, out, encoder, manifest=manifest, shard_size=shard_size, batch_size=batch_size,
-                         dtype=dtype, shard_index=shard_index, num_shards=num_shards, num_workers=num_workers,
-                         length=item_length, progress=progress)
+    return embed_records(records, out, encoder, manifest=manifest, length=item_length, **options)
 
 
 def embed_queries(
@@ -462,17 +456,15 @@ def embed_queries(
     *,
     model_dir: str | os.PathLike,
     extra: dict,
-    batch_size: int,
-    shard_size: int,
-    dtype: str = "float32",
-    num_workers: int = 0,
+    **options: Any,
 ) -> EmbeddingStore:
     """Embed (qid, item) pairs of one query file, items already carrying their instruction.
 
     ``extra`` must identify the instruction choice (seed, instructions file hash): it is part of the
-    manifest's identity, so a different choice never reuses old query embeddings.
+    manifest's identity, so a different choice never reuses old query embeddings. Queries are kept
+    in float32 unless ``options`` say otherwise (they are few; ``options`` as :func:`embed_records`).
     """
     manifest = {"kind": "queries", "model": str(model_dir), "model_fingerprint": model_fingerprint(model_dir),
                 "source": str(source), "source_sha256": file_sha256(source), "count": len(items), "extra": extra}
-    return embed_records(items, out, encoder, manifest=manifest, shard_size=shard_size, batch_size=batch_size,
-                         dtype=dtype, num_workers=num_workers, length=item_length)
+    return embed_records(items, out, encoder, manifest=manifest, length=item_length,
+                         **{"dtype": "float32", **options})

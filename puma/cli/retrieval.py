@@ -6,17 +6,9 @@ from pathlib import Path
 
 import typer
 
+from puma.cli.common import settings_or_exit as _settings
+
 PARAMS = typer.Option("params.yaml", "--params", help="params file (plus PUMA_ env overrides)")
-
-
-def _settings(params: str):
-    from puma.config import ConfigError, load_settings
-
-    try:
-        return load_settings(params)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
 
 
 def _device(device: str | None, shard_index: int = 0) -> str:
