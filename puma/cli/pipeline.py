@@ -7,32 +7,21 @@ imported inside the commands so ``puma --help`` stays fast.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
+
+from puma.cli.common import settings_or_exit as _settings
 
 app = typer.Typer(no_args_is_help=True)
 
 PARAMS = typer.Option("params.yaml", "--params", help="params file")
 
 
-def _settings(params: str):
-    from puma.config import ConfigError, load_settings
-
-    try:
-        return load_settings(params)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
-
-
 def _write_json(path: Path, obj) -> None:
-    """Write atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    from puma.embed import write_json_atomic  # one atomic JSON writer for the project
+
+    write_json_atomic(path, obj)
 
 
 @app.command("register")

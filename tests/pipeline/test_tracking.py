@@ -157,3 +157,34 @@ def test_champion_loads_as_a_working_retriever(tmp_path, monkeypatch, tiny_dir):
     d = retriever.encode_document(["a red car", "a blue boat"])
     assert q.shape == (1, 64) and d.shape == (2, 64)
     assert abs(float((q**2).sum()) - 1.0) < 1e-4  # normalised
+
+
+def test_registry_cli_register_show_promote(store, monkeypatch):
+    from typer.testing import CliRunner
+
+    from puma.cli import app
+
+    monkeypatch.chdir(store)
+    monkeypatch.setenv("PUMA_TRACKING__MODEL_NAME", "cli-model")
+    from puma.data.columns import TABLE1_COLUMNS
+
+    names = [c.name for c in TABLE1_COLUMNS]
+    full = {p: {**{n: 20.0 for n in names}, "avg": 20.0} for p in ("local", "global")}
+    (store / "reports" / "metrics.json").write_text(json.dumps(full))
+    runner = CliRunner()
+    args = ["registry", "register", "--model", "artifacts/stage2/model", "--metrics", "reports/metrics.json",
+            "--out", "reports/registry.json", "--params", "params.yaml"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((store / "reports" / "registry.json").read_text())
+    assert summary["promotion"]["promoted"] and summary["global.avg"] == 20.0
+    del full["local"][names[0]]  # partial evaluation: registered, tagged, never promoted
+    (store / "reports" / "metrics.json").write_text(json.dumps(full))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "not promoted: evaluation failed or partial" in res.output
+    shown = runner.invoke(app, ["registry", "show", "--params", "params.yaml"])
+    assert "v2" in shown.output and "v1" in shown.output and "champion" in shown.output
+    again = runner.invoke(app, ["registry", "promote", "--version", "2", "--params", "params.yaml"])
+    assert again.exit_code == 0 and "not promoted" in again.output
+    bad = runner.invoke(app, [*args[:4], "--metrics", "missing.json", *args[6:]])
+    assert bad.exit_code == 1 and "missing.json: metrics file not found" in bad.output
