@@ -61,13 +61,30 @@ def collate(processor, items: Sequence[Any], is_query: bool, prompt_settings, re
     return batch
 
 
+def mrope_positions(model, batch) -> torch.Tensor:
+    """Qwen2-VL's own M-RoPE positions ``(3, B, S)`` for a collated batch (``get_rope_index``).
+
+    Computed for every batch, text-only ones too: left at ``None``, transformers uses plain
+    ``arange(S)`` for a text-only batch, so left padding shifts a row's positions (RoPE is relative,
+    so only round-off changes, but padded and unpadded rows would differ). Explicit positions make
+    student and teacher, padded and unpadded rows see exactly the same positions. Image tokens get
+    (temporal, height, width) positions; text tokens count on from there.
+    """
+    inner = qwen2vl_model(model)
+    positions, _ = inner.get_rope_index(
+        batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch.get("image_grid_thw"),
+        attention_mask=batch.get("attention_mask"),
+    )
+    return positions  # (3, B, S); padded slots are 0
+
+
 def ret_states(model, batch, ret_id: int | None = None) -> torch.Tensor:
     """Un-normalised final-norm hidden state at each row's last ``[RET]``: ``(B, H)``.
 
     ``model``: a ``Qwen2VLModel`` (pruned or full depth), a ``Qwen2VLForConditionalGeneration`` or
     a peft-wrapped one (LoRA layers live inside the modules, so calling the inner model keeps them).
-    The model computes M-RoPE positions itself from ``mm_token_type_ids`` + ``image_grid_thw``, so a
-    student and its full-depth teacher see identical inputs and positions. Positions come from
+    M-RoPE positions come from the model's ``get_rope_index`` (:func:`mrope_positions`), so a student
+    and its full-depth teacher see identical inputs and positions. Positions come from
     ``batch["ret_positions"]`` (set by :func:`collate`), else from ``ret_id``.
     """
     inner = qwen2vl_model(model)
@@ -78,6 +95,6 @@ def ret_states(model, batch, ret_id: int | None = None) -> torch.Tensor:
         pos = ret_positions(batch["input_ids"], batch.get("attention_mask"), ret_id)
     else:
         raise ValueError("ret_states: batch has no ret_positions (use collate) and no ret_id was given")
-    hidden = inner(**inputs, use_cache=False).last_hidden_state  # (B, S, H), after the final norm
+    hidden = inner(**inputs, position_ids=mrope_positions(inner, inputs), use_cache=False).last_hidden_state  # (B, S, H)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return hidden[rows, pos.to(hidden.device)]  # (B, H)

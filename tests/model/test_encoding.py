@@ -123,3 +123,38 @@ def test_ret_states_without_collate_needs_ret_id(proc, model):
             ret_states(model, plain)
         got = ret_states(model, plain, ret_id=proc.tokenizer.convert_tokens_to_ids("[RET]"))
         torch.testing.assert_close(got, ret_states(model, b))
+
+
+def test_mrope_positions_ignore_padding_and_are_3d_for_images(proc, model):
+    from puma.model.encoding import mrope_positions
+
+    items = ["a much longer sentence with many more words in it", "short",
+             {"image": Image.new("RGB", (112, 56), "red"), "text": "x"}]
+    b = collate(proc, items, False, PROMPT)
+    pos = mrope_positions(model, b)  # (3, B, S)
+    mask = b["attention_mask"].bool()
+    for row in range(3):
+        valid = pos[:, row, mask[row]]
+        alone = mrope_positions(model, collate(proc, [items[row]], False, PROMPT))[:, 0]
+        assert torch.equal(valid, alone)  # padding does not shift a row's positions
+    img = b["mm_token_type_ids"][2].bool()
+    assert not torch.equal(pos[1, 2, img], pos[2, 2, img])  # height != width positions: real M-RoPE
+    assert torch.equal(pos[0, 1], pos[1, 1])  # text-only rows: the three axes agree
+
+
+def test_mixed_text_batch_is_exactly_batch_invariant(proc, model):
+    items = ["one", "two words here", "a rather long sentence about a purple square"]
+    with torch.no_grad():
+        together = ret_states(model, collate(proc, items, False, PROMPT))
+        alone = torch.cat([ret_states(model, collate(proc, [x], False, PROMPT)) for x in items])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_pixel_budget_comes_from_prompt_settings(proc):
+    big = Image.new("RGB", (448, 448), "red")
+    small = collate(proc, [{"image": big}], False, PromptSettings(min_pixels=3136, max_pixels=3136))
+    wide = collate(proc, [{"image": big}], False, PromptSettings(min_pixels=3136, max_pixels=16 * 3136))
+    assert small["image_grid_thw"].prod().item() * 14 * 14 <= 3136
+    assert wide["image_grid_thw"].prod().item() > small["image_grid_thw"].prod().item()
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((small["input_ids"] == image_id).sum()) == small["image_grid_thw"].prod().item() // 4
