@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from puma.cli.common import settings_or_exit
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -20,16 +22,6 @@ def tiny(
 
     path = save_tiny(out, seed=seed, num_layers=layers)
     typer.echo(f"wrote tiny Qwen2-VL ({layers} layers, seed {seed}) to {path}")
-
-
-def _settings(params: Path):
-    from puma.config import ConfigError, load_settings
-
-    try:
-        return load_settings(params)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command("prune")
@@ -47,7 +39,7 @@ def prune(
 
     from puma.model.prune import count_params, save_pruned
 
-    s = _settings(params).model
+    s = settings_or_exit(params).model
     base = base or s.base
     k = layers or s.prune_layers
     try:
