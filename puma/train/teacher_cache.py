@@ -37,7 +37,7 @@ def _embed_row(model_dir: str | Path, row: int) -> torch.Tensor:
     """Row ``row`` of the input embedding stored in a checkpoint directory (reads only that row)."""
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
+            for key in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if key.endswith("embed_tokens.weight"):
                     return st.get_slice(key)[row : row + 1][0].clone()
     raise FileNotFoundError(f"{model_dir}: no embed_tokens.weight in its safetensors files")

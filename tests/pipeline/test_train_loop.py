@@ -57,8 +57,8 @@ def make_spec(fail_at=None, **kw):
         loss = info_nce(model(q), model(c), 0.1)
         return loss, {"loss": loss.item()}
 
-    args = dict(name="toy", model=Encoder(), dataset=Pairs(), collate=collate, compute_loss=loss_fn, epochs=3,
-                lr=5e-2, batch_size=16, warmup_ratio=0.1, checkpoint_every=4)
+    args = {"name": "toy", "model": Encoder(), "dataset": Pairs(), "collate": collate, "compute_loss": loss_fn,
+            "epochs": 3, "lr": 5e-2, "batch_size": 16, "warmup_ratio": 0.1, "checkpoint_every": 4}
     args.update(kw)
     return StageSpec(**args)
 
@@ -73,7 +73,7 @@ def test_epoch_batches_deterministic_and_sharded():
     b = epoch_batches(50, 4, 2, 1, seed=0, epoch=1, accum=2)
     assert a == epoch_batches(50, 4, 2, 0, seed=0, epoch=1, accum=2)
     assert len(a) == len(b) == 6  # 50 // 8 = 6 global batches, a multiple of accum
-    assert not set(sum(a, [])) & set(sum(b, []))
+    assert not {i for x in a for i in x} & {i for x in b for i in x}
     assert a != epoch_batches(50, 4, 2, 0, seed=0, epoch=2, accum=2)
     with pytest.raises(ValueError, match="smaller than one step"):
         epoch_batches(7, 4, 2, 0, 0, 0, 1)

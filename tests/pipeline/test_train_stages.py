@@ -18,7 +18,7 @@ from puma.train.student import PairCollator, RetEncoder, load_lora_student
 from puma.train.teacher_cache import TeacherCache, load_teacher, teacher_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import image_pairs, text_pairs  # noqa: E402
+from train_helpers import image_pairs, text_pairs
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def make_settings(tiny_dir, **stage):
 
 def test_lora_targets_only_decoder_projections_and_ret_row(tiny_dir, pruned_dir):
     settings = make_settings(tiny_dir)
-    model, _, ret_id = load_lora_student(pruned_dir, settings, settings.stage1)
+    model, _, _ = load_lora_student(pruned_dir, settings, settings.stage1)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     lora = [n for n in names if "lora_" in n]
     assert lora and all("language_model.layers." in n for n in lora)

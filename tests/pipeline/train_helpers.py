@@ -33,7 +33,8 @@ def image_pairs(n: int, root: Path, seed: int = 0) -> list[dict]:
         path = root / f"{i}.png"
         if not path.exists():
             im = Image.new("RGB", (56, 56), (128, 128, 128))
-            ImageDraw.Draw(im).ellipse((8, 8, 48, 48) if s == "circle" else (8, 8, 48, 48), fill=COLOURS[c])
+            draw = ImageDraw.Draw(im)
+            (draw.ellipse if s == "circle" else draw.rectangle)((8, 8, 48, 48), fill=COLOURS[c])
             im.save(path)
         kind = i % 3
         if kind == 0:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from puma.distributed import gather
-from puma.losses import mac_loss, modality_ids, info_nce
+from puma.losses import info_nce, mac_loss, modality_ids
 
 
 def batch(n=6, h=8):
@@ -30,7 +30,7 @@ def losses(q, c, mods):
 
 def main(out: str) -> None:
     dist.init_process_group("gloo")
-    r, ws = dist.get_rank(), dist.get_world_size()
+    r = dist.get_rank()
     q, c, mods = batch()
     # Uneven split on purpose (4 + 2): the gather must handle ranks with different batch sizes.
     bounds = [0, 4, 6]
