@@ -92,12 +92,13 @@ def test_ret_token_added_resized_and_initialised(tiny_dir):
 def test_ret_token_uses_spare_row_without_resizing_and_copies_a_token(tiny_dir):
     # Hub Qwen2-VL has spare embedding rows past the tokenizer: [RET] lands in one, and must be set.
     model = Qwen2VLModel.from_pretrained(tiny_dir)
-    model.resize_token_embeddings(900, mean_resizing=False)
     tok = load_processor(tiny_dir).tokenizer
+    rows = len(tok) + 64
+    model.resize_token_embeddings(rows, mean_resizing=False)
     red = tok.encode("red", add_special_tokens=False)
     info = ensure_ret_token(model, tok, "[EMB]", "token:red")
     emb = model.get_input_embeddings().weight
-    assert emb.shape[0] == 900 and info["id"] < 900
+    assert emb.shape[0] == rows and info["id"] < rows
     torch.testing.assert_close(emb[info["id"]], emb[red].mean(0))
 
 
