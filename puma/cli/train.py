@@ -12,20 +12,12 @@ from pathlib import Path
 
 import typer
 
+from puma.cli.common import settings_or_exit
+
 app = typer.Typer(no_args_is_help=True)
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file (+ PUMA_ env overrides)")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="show a progress bar")
-
-
-def _settings(params: Path):
-    from puma.config import ConfigError, load_settings
-
-    try:
-        return load_settings(params)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
 
 
 def _launched_world() -> int:
@@ -58,7 +50,7 @@ def teacher_cache(
     """Compute the frozen full-depth teacher's [RET] states for the stage-1 data once (sharded, safetensors)."""
     from puma.train.stage1 import build_teacher_cache
 
-    settings = _settings(params)
+    settings = settings_or_exit(params)
     path = build_teacher_cache(settings, model, out, batch_size=batch_size, progress=progress)
     typer.echo(f"wrote teacher cache to {path}")
 
@@ -75,7 +67,7 @@ def stage1(
     """Stage 1: LoRA + layer-pruned self-distillation (Eq. 2-4), then merge to OUT/model."""
     from puma.train.stage1 import build_teacher_cache, train_stage1
 
-    settings = _settings(params)
+    settings = settings_or_exit(params)
     if settings.stage1.teacher == "cache" and not (cache / "meta.json").is_file():
         if _launched_world() > 1:  # the process group does not exist yet; the launcher's env says
             typer.echo(f"{cache}: no teacher cache; run `puma train teacher-cache --out {cache}` first", err=True)
@@ -96,6 +88,6 @@ def stage2(
     """Stage 2: a new LoRA on the stage-1 model, MAC loss (Eq. 6-8) on the union training set."""
     from puma.train.stage2 import train_stage2
 
-    settings = _settings(params)
+    settings = settings_or_exit(params)
     summary = train_stage2(settings, model, out, progress=progress)
     _report(summary, out)

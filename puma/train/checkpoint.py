@@ -104,6 +104,8 @@ def _write_json(path: Path, obj) -> None:
 def save_checkpoint(root: str | Path, model, optimizer, scheduler, state: TrainState, keep: int = 2) -> Path:
     """Write checkpoint ``root/step-<global_step>`` atomically; keep the newest ``keep`` of them.
 
+    ``optimizer=None`` leaves the optimizer state out (DeepSpeed ZeRO keeps it partitioned).
+
     Called on every rank (each writes its own RNG state); rank 0 writes the rest and renames.
     """
     root = Path(root)
@@ -121,9 +123,10 @@ def save_checkpoint(root: str | Path, model, optimizer, scheduler, state: TrainS
     _barrier()
     if r == 0:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        opt_t, opt_meta = _optimizer_to_files(optimizer)
-        save_file(opt_t, str(tmp / "optimizer.safetensors"))
-        _write_json(tmp / "optimizer.json", opt_meta)
+        if optimizer is not None:
+            opt_t, opt_meta = _optimizer_to_files(optimizer)
+            save_file(opt_t, str(tmp / "optimizer.safetensors"))
+            _write_json(tmp / "optimizer.json", opt_meta)
         _write_json(tmp / "scheduler.json", scheduler.state_dict())
         _write_json(tmp / "state.json", asdict(state))
         if final.exists():
@@ -162,8 +165,9 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> TrainState
         with torch.no_grad():
             for name, val in weights.items():
                 params[name].copy_(val)
-        _optimizer_from_files(optimizer, load_file(str(path / "optimizer.safetensors")),
-                              json.loads((path / "optimizer.json").read_text()))
+        if optimizer is not None:
+            _optimizer_from_files(optimizer, load_file(str(path / "optimizer.safetensors")),
+                                  json.loads((path / "optimizer.json").read_text()))
         scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
         r = distributed.rank()
         _restore_rng(load_file(str(path / f"rng-rank{r}.safetensors")),

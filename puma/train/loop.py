@@ -150,18 +150,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(runtime: RuntimeSettings, grad_accum: int):
-    """An ``Accelerator`` for the runtime params (precision, DeepSpeed ZeRO-2 config, accumulation)."""
+def make_accelerator(runtime: RuntimeSettings, grad_accum: int, batch_size: int):
+    """An ``Accelerator`` for the runtime params (precision, DeepSpeed ZeRO-2 config, accumulation).
+
+    The DeepSpeed config's batch entries are filled here (accelerate fills ``auto`` values from a
+    prepared data loader, and this loop shards its data itself); gradient clipping is off, as without
+    DeepSpeed.
+    """
+    import json as _json
+
     from accelerate import Accelerator
 
     kwargs: dict[str, Any] = {"gradient_accumulation_steps": grad_accum, "mixed_precision": runtime.precision}
     if runtime.deepspeed:
         from accelerate.utils import DeepSpeedPlugin
 
-        if not Path(runtime.deepspeed_config).is_file():
-            raise FileNotFoundError(f"runtime.deepspeed_config: {runtime.deepspeed_config} does not exist")
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=str(runtime.deepspeed_config),
-                                                     gradient_accumulation_steps=grad_accum)
+        path = Path(runtime.deepspeed_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"runtime.deepspeed_config: {path} does not exist")
+        config = _json.loads(path.read_text())
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        config.update(train_micro_batch_size_per_gpu=batch_size, gradient_accumulation_steps=grad_accum,
+                      train_batch_size=batch_size * grad_accum * world, gradient_clipping=0.0)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=config, gradient_accumulation_steps=grad_accum)
     return Accelerator(**kwargs)
 
 
@@ -217,7 +228,7 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(settings.seed)
-    accelerator = make_accelerator(settings.runtime, spec.grad_accum)
+    accelerator = make_accelerator(settings.runtime, spec.grad_accum, spec.batch_size)
     world, rank = accelerator.num_processes, accelerator.process_index
     model = spec.model
     if settings.runtime.gradient_checkpointing:
@@ -239,10 +250,13 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
     model, optimizer = accelerator.prepare(model, optimizer)
 
     ckpt_root = out / "checkpoints"
+    # ZeRO partitions the optimizer state across ranks; its moments are not in our (pickle-free)
+    # checkpoint, so a DeepSpeed run resumes with weights, schedule, RNG and data position only.
+    ckpt_optimizer = None if settings.runtime.deepspeed else optimizer
     state, resumed = TrainState(), None
     found = latest_checkpoint(ckpt_root)
     if found is not None:
-        state = load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler)
+        state = load_checkpoint(found, accelerator.unwrap_model(model), ckpt_optimizer, scheduler)
         resumed = str(found)
         accelerator.print(f"{spec.name}: resumed from {found} (step {state.global_step}/{total})")
 
@@ -296,7 +310,7 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
                 if state.step_in_epoch >= steps_per_epoch:
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 if done or state.global_step % spec.checkpoint_every == 0:
-                    save_checkpoint(ckpt_root, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                    save_checkpoint(ckpt_root, accelerator.unwrap_model(model), ckpt_optimizer, scheduler, state)
                 if done:
                     break
     finally:
@@ -337,5 +351,18 @@ def gathered_weight(ctx: StepContext) -> float:
     return float(ctx.world_size)
 
 
-__all__ = ["StageSpec", "StepContext", "StepLogger", "STEP_LOGGER_FACTORIES", "TrainResult", "run_training",
-           "epoch_batches", "gathered_weight", "summarize", "tracked_params", "seed_everything", "make_accelerator", "mlflow_logger_factory"]
+__all__ = [
+    "STEP_LOGGER_FACTORIES",
+    "StageSpec",
+    "StepContext",
+    "StepLogger",
+    "TrainResult",
+    "epoch_batches",
+    "gathered_weight",
+    "make_accelerator",
+    "mlflow_logger_factory",
+    "run_training",
+    "seed_everything",
+    "summarize",
+    "tracked_params",
+]
