@@ -1,14 +1,14 @@
-"""Helpers shared by the CLI groups."""
+"""Helpers every ``puma`` command group shares."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import typer
 
 
-def settings_or_exit(params: Path):
-    """``load_settings(params)``, or print the ConfigError (file:line per problem) and exit 2."""
+def settings_or_exit(params: str | os.PathLike):
+    """``load_settings(params)``, or print the config error (one line per problem) and exit 2."""
     from puma.config import ConfigError, load_settings
 
     try:
