@@ -20,7 +20,22 @@ _EXPORTS = {
     "forward_flops": "puma.model.flops",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "PumaRetriever",
+    "RET_TOKEN",
+    "build_messages",
+    "collate",
+    "count_params",
+    "ensure_ret_token",
+    "forward_flops",
+    "load_processor",
+    "load_pruned",
+    "prune_layers",
+    "render_prompt",
+    "ret_positions",
+    "ret_states",
+    "save_pruned",
+]
 
 
 def __getattr__(name):

@@ -68,7 +68,7 @@ class PumaRetriever:
         merge: bool = True,
         prompt=None,
         attn_implementation: str | None = None,
-    ) -> "PumaRetriever":
+    ) -> PumaRetriever:
         """Load a retriever from a checkpoint dir (or hub id), optionally with a LoRA adapter on top.
 
         ``path`` may itself be a peft adapter dir (``adapter_config.json``): its
