@@ -26,6 +26,7 @@ from puma.model.encoding import collate, ret_states
 from puma.model.prompts import as_item
 from puma.model.ret import RET_TOKEN
 
+PROMPT_FILE = "puma_prompt.json"
 # Sort key weight of an image in "characters": images batch together, before long texts.
 _IMAGE_LENGTH = 10_000
 
@@ -100,6 +101,8 @@ class PumaRetriever:
             if (Path(adapter) / "tokenizer_config.json").is_file():
                 proc_dir = adapter
         saved = (getattr(qwen_config(model), "puma", None) or {}).get("prompt")
+        if adapter is not None and (Path(adapter) / PROMPT_FILE).is_file():  # an unmerged adapter's own settings
+            saved = json.loads((Path(adapter) / PROMPT_FILE).read_text())
         if prompt is None and saved:
             from puma.config import PromptSettings
 
@@ -111,15 +114,26 @@ class PumaRetriever:
         return retriever
 
     def save_pretrained(self, out: str | os.PathLike) -> Path:
-        """Write model (or adapter, if unmerged peft) + processor + prompt settings to ``out`` atomically."""
+        """Write model + processor + prompt settings to ``out`` atomically.
+
+        The prompt settings go to ``config.json["puma"]["prompt"]``; an unmerged peft model is saved
+        as an adapter dir (loadable by :meth:`from_pretrained`) with them in ``puma_prompt.json``.
+        """
         from puma.model.io import atomic_dir
 
         config = qwen_config(self.model)
-        config.puma = dict(getattr(config, "puma", None) or {}, prompt=self.prompt.model_dump(mode="json"))
+        prompt = self.prompt.model_dump(mode="json")
+        config.puma = dict(getattr(config, "puma", None) or {}, prompt=prompt)
         with atomic_dir(out) as tmp:
             self.model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
+            if (tmp / "adapter_config.json").is_file():
+                (tmp / PROMPT_FILE).write_text(json.dumps(prompt, indent=2))
         return Path(out)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """Embedding width ``H`` (sentence-transformers' name)."""
+        return qwen_config(self.model).text_config.hidden_size
 
     # ---- encoding -----------------------------------------------------------------------------
 

@@ -147,3 +147,9 @@ def test_lora_adapter_dir_loads_and_merges(pruned_dir, tmp_path):
     np.testing.assert_allclose(merged.encode_document(items), live, atol=1e-5, rtol=0)
     np.testing.assert_allclose(unmerged.encode_document(items), live, atol=1e-5, rtol=0)
     assert np.abs(plain - live).max() > 1e-3
+    # An unmerged retriever saves as an adapter dir that loads back with its prompt settings.
+    unmerged.prompt = unmerged.prompt.model_copy(update={"max_text_tokens": 9})
+    again = PumaRetriever.from_pretrained(unmerged.save_pretrained(tmp_path / "saved_adapter"))
+    assert (tmp_path / "saved_adapter" / "adapter_config.json").is_file() and again.prompt.max_text_tokens == 9
+    np.testing.assert_allclose(again.encode_document(items), live, atol=1e-5, rtol=0)
+    assert again.get_sentence_embedding_dimension() == live.shape[1]
