@@ -7,8 +7,10 @@ pipeline / raw says how much reading, decoding, preprocessing and writing cost o
 The goal is >= 0.9: preprocessing must not be the bottleneck.
 
 Default: the pruned tiny model (params ``model.prune_layers``) on a synthetic pool of 50% JPEG images
-(``--image-size`` pixels square, decoded and resized to the prompt budget) and 50% texts.
-Run: ``python bench/embed_pipeline.py [--n 512 --workers 0 2 --threads 1]``.
+(``--image-size`` pixels square, decoded and resized to the prompt budget) and 50% texts. The tiny
+forward costs about as much as preprocessing one sample, so on a small CPU the workers compete with
+the forward for cores; ``--width 4`` makes the forward heavier (like a real model on a GPU).
+Run: ``python bench/embed_pipeline.py [--n 256 --workers 0 1 2 --threads 1 --width 4]``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,35 @@ def make_pool(root: Path, n: int, image_size: int, seed: int = 0) -> Path:
     return pool
 
 
+def widened_checkpoint(out: Path, width: int) -> Path:
+    """The tiny Qwen2-VL with every width (text hidden/MLP, vision embed) times ``width``, random weights.
+
+    A heavier forward on the same processor and inputs: shows the pipeline where the model, not the
+    preprocessing, is the bottleneck (as with the real 2B/7B on a GPU), without any download.
+    """
+    import copy
+
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.tiny import build_tiny
+
+    model, processor = build_tiny(0)
+    cfg = copy.deepcopy(model.config)
+    text, vision = cfg.text_config, cfg.vision_config
+    text.hidden_size *= width
+    text.intermediate_size *= width
+    # head_dim grows with the width (same head count): M-RoPE sections must still sum to head_dim / 2.
+    text.rope_parameters = dict(text.rope_parameters,
+                                mrope_section=[x * width for x in text.rope_parameters["mrope_section"]])
+    vision.embed_dim *= width
+    vision.hidden_size = text.hidden_size  # the merger's output feeds the text model
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def prepared_batches(encoder, pool: Path, root: Path, batch_size: int) -> list:
     """The batches the pipeline forms (one shard, length-sorted), collated ahead of time."""
     from puma.data.schema import candidate_item, iter_candidates
@@ -62,8 +93,8 @@ def prepared_batches(encoder, pool: Path, root: Path, batch_size: int) -> list:
     return [encoder.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
-def run(model: str | None = None, n: int = 512, batch_size: int = 32, workers=(0, 2), image_size: int = 256,
-        threads: int = 1, repeats: int = 3) -> dict:
+def run(model: str | None = None, n: int = 256, batch_size: int = 32, workers=(0, 1, 2), image_size: int = 256,
+        threads: int = 1, repeats: int = 3, width: int = 1) -> dict:
     import torch
 
     from puma.config import load_settings
@@ -79,7 +110,8 @@ def run(model: str | None = None, n: int = 512, batch_size: int = 32, workers=(0
             from puma.model.tiny import save_tiny
 
             k = load_settings().model.prune_layers
-            model = str(save_pruned(save_tiny(tmp / "tiny"), k, tmp / "pruned"))
+            base = save_tiny(tmp / "tiny") if width == 1 else widened_checkpoint(tmp / "wide", width)
+            model = str(save_pruned(base, k, tmp / "pruned"))
         retriever = PumaRetriever.from_pretrained(model)
         encoder = RetrieverEncoder(retriever, is_query=False)
         pool = make_pool(tmp / "data", n, image_size)
@@ -110,7 +142,8 @@ def run(model: str | None = None, n: int = 512, batch_size: int = 32, workers=(0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"title": "Embedding: `puma embed` pipeline vs raw model forward (same batches)",
-            "meta": {"model": model if not str(model).startswith(str(tmp)) else "tiny pruned (params)",
+            "meta": {"model": model if not str(model).startswith(str(tmp))
+                     else f"tiny x{width} width, pruned to params' k",
                      "pool": n, "images": n // 2 + n % 2, "image size": image_size, "batch": batch_size,
                      "torch threads": threads, "repeats": repeats,
                      "preprocessing alone samples/s": n / collate_s},
@@ -123,15 +156,16 @@ def run(model: str | None = None, n: int = 512, batch_size: int = 32, workers=(0
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="checkpoint dir (default: tiny pruned to params' k)")
-    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--width", type=int, default=1, help="widen the tiny model (heavier forward)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="also write the section as JSON here")
     a = ap.parse_args()
-    section = run(a.model, a.n, a.batch_size, tuple(a.workers), a.image_size, a.threads, a.repeats)
+    section = run(a.model, a.n, a.batch_size, tuple(a.workers), a.image_size, a.threads, a.repeats, a.width)
     text = json.dumps(section, indent=2, default=str)
     if a.out:
         atomic_write_text(a.out, text + "\n")
