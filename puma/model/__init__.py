@@ -21,8 +21,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "PumaRetriever",
     "RET_TOKEN",
+    "PumaRetriever",
     "build_messages",
     "collate",
     "count_params",

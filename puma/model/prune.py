@@ -116,6 +116,25 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
+def load_qwen2vl(path: str | os.PathLike, config=None, **kwargs) -> Qwen2VLModel:
+    """``Qwen2VLModel.from_pretrained`` that fails loudly instead of silently random-initialising.
+
+    Weights the model needs but the checkpoint lacks (or has in another shape) are an error; the
+    checkpoint may carry only what the model drops on purpose: ``lm_head`` and decoder layers past
+    the model's depth. The load report transformers prints for those is silenced.
+    """
+    with _quiet_transformers():
+        model, info = Qwen2VLModel.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise ValueError(f"{path}: weights missing or mismatched for the model: "
+                         f"{sorted(info['missing_keys'])[:5]} {sorted(info['mismatched_keys'])[:5]}")
+    k = model.config.text_config.num_hidden_layers
+    unexpected = [key for key in info["unexpected_keys"] if not _dropped(key, k)]
+    if unexpected:
+        raise ValueError(f"{path}: checkpoint weights the model has no place for: {sorted(unexpected)[:5]}")
+    return model.eval()
+
+
 def load_pruned(base: str | os.PathLike, k: int, dtype=None, device_map=None, **kwargs) -> Qwen2VLModel:
     """Load only the kept part of ``base`` (a checkpoint dir or hub id) as a ``k``-layer ``Qwen2VLModel``.
 
@@ -125,17 +144,7 @@ def load_pruned(base: str | os.PathLike, k: int, dtype=None, device_map=None, **
     """
     config = Qwen2VLConfig.from_pretrained(base)
     prune_config(config, k)
-    with _quiet_transformers():
-        model, info = Qwen2VLModel.from_pretrained(
-            base, config=config, dtype=dtype, device_map=device_map, output_loading_info=True, **kwargs
-        )
-    if info["missing_keys"] or info["mismatched_keys"]:
-        raise ValueError(f"{base}: weights missing or mismatched for the pruned model: "
-                         f"{sorted(info['missing_keys'])[:5]} {sorted(info['mismatched_keys'])[:5]}")
-    unexpected = [key for key in info["unexpected_keys"] if not _dropped(key, k)]
-    if unexpected:
-        raise ValueError(f"{base}: weights that pruning does not drop were not loaded: {sorted(unexpected)[:5]}")
-    return model.eval()
+    return load_qwen2vl(base, config=config, dtype=dtype, device_map=device_map, **kwargs)
 
 
 def _dropped(key: str, k: int) -> bool:

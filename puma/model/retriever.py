@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import Qwen2VLModel
 
 from puma.model.encoding import collate, ret_states
 from puma.model.prompts import as_item
@@ -79,7 +78,7 @@ class PumaRetriever:
         The prompt settings saved by :meth:`save_pretrained` are used unless ``prompt`` is given.
         """
         from puma.model.processor import load_processor
-        from puma.model.prune import _quiet_transformers
+        from puma.model.prune import load_qwen2vl
 
         path = Path(path) if Path(path).exists() else path
         if adapter is None and isinstance(path, Path) and (path / "adapter_config.json").is_file():
@@ -88,9 +87,9 @@ class PumaRetriever:
         kwargs = {"dtype": _torch_dtype(dtype)}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        # A full ForConditionalGeneration checkpoint carries lm_head, which a retriever never uses.
-        with _quiet_transformers():
-            model = Qwen2VLModel.from_pretrained(path, **kwargs)
+        # A full ForConditionalGeneration checkpoint carries lm_head, which a retriever never uses;
+        # anything else missing or left over is an error, never a silent random init.
+        model = load_qwen2vl(path, **kwargs)
         proc_dir = path
         if adapter is not None:
             from peft import PeftModel

@@ -215,3 +215,13 @@ def test_prune_2b_architecture_bf16(tiny_dir, tmp_path):
     assert model.dtype == torch.bfloat16
     meta = json.loads((out / "config.json").read_text())["puma"]
     assert meta["ret"]["added"] and meta["ret"]["id"] < config.text_config.vocab_size  # spare row, no resize
+
+
+def test_loading_fails_loudly_on_missing_weights(tiny_dir, tmp_path):
+    from puma.model.prune import load_qwen2vl
+
+    out = save_pruned(tiny_dir, 3, tmp_path / "k3")
+    config = Qwen2VLConfig.from_pretrained(tiny_dir)  # 8 layers: layers 3..7 are not in the k=3 checkpoint
+    with pytest.raises(ValueError, match=r"k3: weights missing .*layers\.3\."):
+        load_qwen2vl(out, config=config)
+    assert len(load_qwen2vl(tiny_dir).language_model.layers) == 8  # lm_head left over is fine
