@@ -40,7 +40,7 @@ run: install
 
 # Orchestration (README: Pipeline, Prefect, MLflow). The flow runs the dvc.yaml stages one by one.
 flow: install
-	python flows/puma_flow.py
+	PREFECT_SERVER_ANALYTICS_ENABLED=false python flows/puma_flow.py
 
 prefect-up: install
 	flows/prefect_local.sh up

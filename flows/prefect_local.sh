@@ -13,6 +13,7 @@ PORT=${PREFECT_PORT:-4200}
 export PREFECT_HOME=${PREFECT_HOME:-$REPO/.prefect}
 export PREFECT_API_URL=http://127.0.0.1:$PORT/api
 export PUMA_REPO=$REPO
+export PREFECT_SERVER_ANALYTICS_ENABLED=false  # offline machines: no telemetry attempts
 POOL=puma
 mkdir -p "$PREFECT_HOME"
 
