@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import atomic_write_text, interleaved, paired_ratio, stats  # noqa: E402
+from bench.harness import atomic_write_text, interleaved, paired_ratio, stats
 
 
 def make_pool(root: Path, n: int, image_size: int, seed: int = 0) -> Path:
@@ -149,8 +149,8 @@ def run(model: str | None = None, n: int = 256, batch_size: int = 32, workers=(0
                      "preprocessing alone samples/s": n / collate_s},
             "rows": rows, "wall_s": time.perf_counter() - started,
             "notes": ["'vs raw forward' = pipeline samples/s / raw samples/s, paired per round (goal >= 0.9).",
-                      "Pipeline includes reading the pool, image decoding + preprocessing (workers), "
-                      "the forward, fp16 conversion and atomic shard writes; model load is excluded."]}
+                      ("Pipeline includes reading the pool, image decoding + preprocessing (workers), "
+                       "the forward, fp16 conversion and atomic shard writes; model load is excluded.")]}
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import atomic_write_text, interleaved, paired_ratio, stats  # noqa: E402
-from puma.index import Shard, faiss_gpu_count, l2_normalize, search  # noqa: E402
+from bench.harness import atomic_write_text, interleaved, paired_ratio, stats
+from puma.index import Shard, faiss_gpu_count, l2_normalize, search
 
 
 def numpy_topk(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
@@ -42,8 +42,8 @@ def run(n: int = 100_000, dim: int = 1536, nq: int = 1000, k: int = 10, shard_ro
         shards = [Shard(pool[lo:lo + shard_rows], ids[lo:lo + shard_rows]) for lo in range(0, n, shard_rows)]
         res = search(queries, shards, k)
         agree = float((res.rows == numpy_topk(queries, pool, k)).mean())
-        times = interleaved({"numpy": lambda: numpy_topk(queries, pool, k),
-                             "faiss": lambda: search(queries, shards, k)}, repeats=repeats, warmup=1)
+        times = interleaved({"numpy": lambda pool=pool: numpy_topk(queries, pool, k),
+                             "faiss": lambda shards=shards: search(queries, shards, k)}, repeats=repeats, warmup=1)
         rows.append({"pool dtype": dtype,
                      "numpy queries/s": stats([nq / t for t in times["numpy"]]),
                      "faiss queries/s": stats([nq / t for t in times["faiss"]]),
@@ -53,8 +53,8 @@ def run(n: int = 100_000, dim: int = 1536, nq: int = 1000, k: int = 10, shard_ro
             "meta": {"pool": [n, dim], "queries": nq, "k": k, "shard rows": shard_rows,
                      "faiss build": "gpu" if faiss_gpu_count() else "cpu", "repeats": repeats},
             "rows": rows, "wall_s": time.perf_counter() - started,
-            "notes": ["fp16 pools are converted to float32 block by block (faiss and BLAS compute in fp32); "
-                      "'same top-k' is the fraction of (query, rank) slots where both return the same row."]}
+            "notes": [("fp16 pools are converted to float32 block by block (faiss and BLAS compute in fp32); "
+                       "'same top-k' is the fraction of (query, rank) slots where both return the same row.")]}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,14 @@ def evaluate_table1(
     from puma.data.columns import GROUPS as COLUMN_GROUPS
     from puma.data.columns import INSTRUCTIONS_FILE, TABLE1_COLUMNS
     from puma.data.datasets import EvalView
-    from puma.embed import RetrieverEncoder, atomic_write, embed_pool, embed_queries, file_sha256
-    from puma.embed import write_json_atomic
+    from puma.embed import (
+        RetrieverEncoder,
+        atomic_write,
+        embed_pool,
+        embed_queries,
+        file_sha256,
+        write_json_atomic,
+    )
     from puma.index import search
 
     say = progress or (lambda msg: None)
@@ -146,7 +153,7 @@ def evaluate_table1(
     if "global" in ev.pools:
         res = search(np.concatenate(query_embs), (sh for st in pools.values() for sh in st.shards()), top)
         bounds = np.cumsum([0] + [len(q) for q in query_embs])
-        results["global"] = [_slice(res, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        results["global"] = [_slice(res, lo, hi) for lo, hi in pairwise(bounds)]
     # 4. Metrics, chance level (EvalView checked that every positive is in the local pool), records.
     global_size = sum(st.manifest["count"] for st in pools.values())
     recalls: dict[str, dict[str, float]] = {p: {} for p in results}

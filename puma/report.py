@@ -137,8 +137,8 @@ def examples_html(examples: Sequence[Mapping]) -> str:
     "text", "image", "positive"}]}`` (images are absolute paths).
     """
     out = ["<!doctype html><meta charset='utf-8'><title>PUMA retrieved examples</title>",
-           "<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px;max-width:160px;"
-           "font-size:12px} .pos{background:#d4f7d4}</style><h1>Retrieved examples (local pool)</h1>"]
+           ("<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px;max-width:160px;"
+            "font-size:12px} .pos{background:#d4f7d4}</style><h1>Retrieved examples (local pool)</h1>")]
     for ex in examples:
         out.append(f"<h3>{html.escape(ex['column'])} · {html.escape(ex['qid'])}</h3><table><tr>")
         q = f"<b>query</b><br>{_thumb(ex.get('image'))}<br><i>{html.escape(ex.get('instruction') or '')}</i>"
@@ -222,8 +222,8 @@ def write_report(
     chance_path = dirs[0] / "chance.json"
     chance = json.loads(chance_path.read_text()) if chance_path.is_file() else None
     md = ["# PUMA on M-BEIR: Recall@k (%)", "",
-          "k = 10 for Fashion200K and FashionIQ, 5 otherwise; hit rate as in UniIR. "
-          "Chance = expected Recall@k of a random ranking.", ""]
+          ("k = 10 for Fashion200K and FashionIQ, 5 otherwise; hit rate as in UniIR. "
+           "Chance = expected Recall@k of a random ranking."), ""]
     for pool in ("local", "global"):
         rows = {n: m[pool] for n, m in runs.items() if pool in m}
         if chance and pool in chance:

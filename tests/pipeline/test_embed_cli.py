@@ -48,7 +48,7 @@ def test_embed_split_over_two_processes_then_search(tiny_dir, mbeir_mini, tmp_pa
     shown = _ok(["search", "some text", "--model", str(tiny_dir), "--index", str(out), "--image", image,
                  "--instruction", "Find it.", "-k", "3"])
     # stderr's progress bar may share a line with the first result: find "rank  score  id  shown".
-    hits = [m.groups() for m in re.finditer(r"(\d+)  (-?\d\.\d{4})  (\S+)  (.*)$", shown, re.M)]
+    hits = [m.groups() for m in re.finditer(r"(\d+)  (-?\d\.\d{4})  (\S+)  (.*)$", shown, re.MULTILINE)]
     q = PumaRetriever.from_pretrained(tiny_dir).encode_query([{"text": "some text", "image": image,
                                                               "instruction": "Find it."}])
     scores, rows = search_numpy(q, emb, 3)

@@ -9,41 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_encoder import FakeEncoder, manifest, records
 
 from puma.embed import EmbeddingError, EmbeddingStore, embed_records
 
-FAKE = textwrap.dedent('''
-    import time, zlib
-    import numpy as np
-
-    class FakeEncoder:
-        """Embedding of an item = normalised Gaussian seeded by its text (order-independent)."""
-        dim = 8
-
-        def __init__(self, delay=0.0):
-            self.delay = delay
-
-        def collate(self, items):
-            return [zlib.crc32(it.encode()) for it in items]
-
-        def forward(self, batch):
-            time.sleep(self.delay)
-            x = np.stack([np.random.default_rng(s).standard_normal(self.dim) for s in batch])
-            return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    def records(n):
-        return ((f"9:{i}", "item number " + "x" * (i % 7) + str(i)) for i in range(n))
-
-    def manifest(n):
-        return {"kind": "documents", "count": n, "source_sha256": "s" * 64, "model_fingerprint": "m" * 64,
-                "model": "fake", "source": "fake.jsonl"}
-''')
-exec(FAKE)  # FakeEncoder, records, manifest for the in-process tests
+SCRIPT = Path(__file__).with_name("fake_encoder.py")
 
 
 def _run(out, n=23, shard_size=5, **kw):
@@ -114,14 +89,7 @@ def test_corrupt_shard_is_redone(tmp_path):
 
 
 def test_resume_after_kill_9_gives_the_same_bytes(tmp_path):
-    script = tmp_path / "embed_fake.py"
-    script.write_text(FAKE + textwrap.dedent('''
-        import sys
-        from puma.embed import embed_records
-        out, n = sys.argv[1], 40
-        embed_records(records(n), out, FakeEncoder(delay=float(sys.argv[2])), manifest=manifest(n),
-                      shard_size=4, batch_size=2, length=len)
-    '''))
+    script = SCRIPT
     env = dict(os.environ, OMP_NUM_THREADS="1")
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.1"], env=env)
