@@ -82,7 +82,7 @@ def measure_kind(model, config, run, kind: str, bench, device: str, sync) -> lis
         k_flops = forward_flops(config, image_tokens, other_tokens, layers=k).total
         row = {"arch": run.arch, "dtype": run.dtype, "kind": kind, "batch": run.batch_size,
                "seq": int(batch["input_ids"].shape[1]), "image tokens": image_tokens,
-               "k": f"{k}/{depth}", "main": k == run.k,
+               "k": f"{k}/{depth}", "main": k == run.k, "rounds": run.repeats or bench.repeats,
                "GFLOPs full": full_flops / 1e9, "GFLOPs pruned": k_flops / 1e9}
         row.update(speed_row(times, "full", f"k={k}", run.batch_size, flops_ratio=full_flops / k_flops,
                              other_label="pruned"))
@@ -147,7 +147,7 @@ def run(settings=None) -> dict[str, Any]:
     return {
         "title": "Pruned vs full encode",
         "meta": {"device": device, "threads": torch.get_num_threads(), "warmup": bench.warmup,
-                 "repeats": bench.repeats, "min time per sample (s)": bench.min_time,
+                 "repeats (default rounds)": bench.repeats, "min time per sample (s)": bench.min_time,
                  "template tokens": bench.template_tokens, "text tokens": bench.text_tokens, "input shapes": shapes},
         "tables": {"main setting (k = 12 of 28 for 2B/7B, model.prune_layers for tiny)": main,
                    "k sweep": sweep},

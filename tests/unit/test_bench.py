@@ -138,3 +138,23 @@ def test_headline_from_prune_speed_main_rows(tmp_path):
                      "k": "12/28", "speedup": speed, "flops ratio": 2.5, "efficiency": 0.8}]
     md = harness.render_markdown({"headline": rows, "benchmarks": {}})
     assert md.index("## Headline") < md.index("## Machine") and "| 2b | bfloat16 | - | text |" in md
+
+
+def test_synthetic_batch_and_weight_sharing_pruned_copy():
+    """The tiny default: batch layout matches the image grid; the pruned copy shares every weight."""
+    import torch
+
+    from bench.archs import build_random, encode, make_batch, pruned_copy
+
+    model = build_random("tiny")
+    kw = {"template_tokens": 10, "text_tokens": 5, "image_hw": (480, 640), "min_pixels": 3136, "max_pixels": 12544}
+    batch = make_batch(model.config, "image+text", 3, **kw)
+    gh, gw = batch["image_grid_thw"][0, 1:].tolist()
+    assert batch["pixel_values"].shape[0] == 3 * gh * gw and gh * gw <= 12544 // 14**2
+    assert batch["input_ids"].shape == (3, 10 + 2 + gh * gw // 4 + 5)
+    assert (batch["mm_token_type_ids"].sum(1) == gh * gw // 4).all()
+    assert "pixel_values" not in make_batch(model.config, "text", 3, **kw)
+    pruned = pruned_copy(model, 2)
+    assert len(pruned.language_model.layers) == 2 and len(model.model.language_model.layers) == 8
+    with torch.no_grad():
+        assert encode(pruned, batch).shape == encode(model, batch).shape == (3, 64)
