@@ -26,6 +26,9 @@ import torch
 from bench.archs import DTYPES, build_random, encode, make_batch, pruned_copy, shape_of
 from bench.harness import interleaved, speed_row
 
+# Paper Table 2 (7B, one GPU, batch 64, bf16): what the 7B rows are compared with (not a result of ours).
+PAPER_7B = {"full samples/s": 59.0, "pruned samples/s": 115.5, "TFLOPs full": 7.36, "TFLOPs pruned": 3.48}
+
 
 def device_and_sync() -> tuple[str, Any]:
     """``("cuda", torch.cuda.synchronize)`` on a GPU machine, else ``("cpu", None)``."""
@@ -86,6 +89,9 @@ def measure_kind(model, config, run, kind: str, bench, device: str, sync) -> lis
                "GFLOPs full": full_flops / 1e9, "GFLOPs pruned": k_flops / 1e9}
         row.update(speed_row(times, "full", f"k={k}", run.batch_size, flops_ratio=full_flops / k_flops,
                              other_label="pruned"))
+        if run.arch == "7b" and k == 12:
+            row["paper (Table 2)"] = (f"{PAPER_7B['full samples/s']} -> {PAPER_7B['pruned samples/s']} samples/s, "
+                                      f"FLOPs ratio {PAPER_7B['TFLOPs full'] / PAPER_7B['TFLOPs pruned']:.2f}")
         rows.append(row)
     rows[0]["_shapes"] = shape_of(batch)
     return rows
