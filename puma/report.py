@@ -88,8 +88,12 @@ def write_plots(runs: Mapping[str, Mapping[str, Mapping[str, float]]], plots_dir
     return paths
 
 
-def bars_png(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Path | None:
-    """Grouped bars (local vs global) per column as a PNG; None when matplotlib is unavailable."""
+def bars_png(metrics: Mapping[str, Mapping[str, float]], path: Path,
+             chance: Mapping[str, Mapping[str, float]] | None = None) -> Path | None:
+    """Grouped bars (local vs global) per column as a PNG, chance level as black ticks.
+
+    Returns None when matplotlib is unavailable.
+    """
     try:
         import matplotlib
 
@@ -101,7 +105,11 @@ def bars_png(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Path | N
     fig, ax = plt.subplots(figsize=(12, 4))
     for offset, pool in ((-0.2, "local"), (0.2, "global")):
         vals = [metrics.get(pool, {}).get(n, 0.0) for n in names]
-        ax.bar([i + offset for i in range(len(names))], vals, width=0.4, label=pool)
+        xs = [i + offset for i in range(len(names))]
+        ax.bar(xs, vals, width=0.4, label=pool)
+        if chance and pool in chance:
+            ax.scatter(xs, [chance[pool].get(n, 0.0) for n in names], marker="_", s=120, color="black",
+                       label="chance" if pool == "local" else None, zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("Recall@k (%)")
     ax.legend()
@@ -243,7 +251,7 @@ def write_report(
     first = next(iter(runs.values()))
     md += [f"## Per column, local vs global (`{names[0]}`)", "", bars_markdown(first), ""]
     write_plots(runs, out / "plots")
-    if bars_png(first, out / "recall_by_column.png"):
+    if bars_png(first, out / "recall_by_column.png", chance):
         md += ["![recall by column](recall_by_column.png)", ""]
     if examples:
         page = examples_html(examples)
