@@ -16,9 +16,10 @@ Shards are split over processes (or GPUs) by ``shard_index`` / ``num_shards``: p
 shards j with ``j % num_shards == i``. The source is streamed once and only one shard of records
 (plus its embeddings) is held at a time, so memory does not grow with the pool.
 
-Image decoding and preprocessing run in data-loader worker processes (``collate``), so the model's
-forward is not starved; within a shard, items are batched in length order and restored afterwards
-(less padding), the sentence-transformers way.
+Image decoding and preprocessing (``collate``) run in worker processes that live for the whole run
+(:class:`Prefetcher`), a bounded number of batches ahead, so the model's forward is not starved;
+within a shard, items are batched in length order and restored afterwards (less padding), the
+sentence-transformers way.
 """
 
 from __future__ import annotations
