@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 
-from puma import distributed
 from puma.config import Settings
 from puma.distributed import gather
 from puma.losses import alpha_schedule, distill_loss, info_nce, pretraining_loss
-from puma.train.loop import StageSpec, StepContext, gathered_weight, run_training, summarize, tracked_params
-from puma.train.student import PairBatch, PairCollator, RetEncoder, as_pair, load_lora_student, save_merged
+from puma.train.loop import StepContext, gathered_weight
+from puma.train.student import PairBatch, as_pair, load_lora_student, run_pair_stage
 from puma.train.teacher_cache import TeacherCache, load_teacher, teacher_fingerprint, write_teacher_cache
 
 
@@ -91,21 +90,10 @@ def train_stage1(
     dataset = nli_dataset(settings) if dataset is None else dataset
     if teacher.model is not None:
         teacher.model.to("cuda" if torch.cuda.is_available() else "cpu")
-    spec = StageSpec(
-        name="stage1", model=RetEncoder(peft_model), dataset=dataset,
-        collate=PairCollator(processor, settings.prompt, settings.model.ret_token),
-        compute_loss=lambda model, batch, ctx: stage1_loss(model, teacher, batch, ctx, cfg),
-        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, checkpoint_every=cfg.checkpoint_every,
-        params=tracked_params(settings),
-    )
-    result = run_training(spec, settings, out, progress=progress)
-    summary = summarize(result)
-    if distributed.rank() == 0:
-        save_merged(result.model.model, processor, settings, out / "model",
-                    {"stage1": {"steps": result.state.global_step, "teacher": cfg.teacher,
-                                "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind}})
-    return summary
+    record = {"teacher": cfg.teacher, "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind}
+    return run_pair_stage("stage1", settings, cfg, peft_model, processor, dataset,
+                          lambda model, batch, ctx: stage1_loss(model, teacher, batch, ctx, cfg), out, record,
+                          progress)
 
 
 def build_teacher_cache(

@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 
-from puma import distributed
 from puma.config import Settings
 from puma.distributed import gather
 from puma.losses import info_nce, mac_loss, modality_ids, tau_hard_schedule
-from puma.train.loop import StageSpec, StepContext, gathered_weight, run_training, summarize, tracked_params
-from puma.train.student import PairBatch, PairCollator, RetEncoder, load_lora_student, save_merged
+from puma.train.loop import StepContext, gathered_weight
+from puma.train.student import PairBatch, load_lora_student, run_pair_stage
 
 
 def mbeir_dataset(settings: Settings):
@@ -69,17 +68,6 @@ def train_stage2(
     seed_everything(settings.seed)
     peft_model, processor, _ = load_lora_student(model_dir, settings, cfg)
     dataset = mbeir_dataset(settings) if dataset is None else dataset
-    spec = StageSpec(
-        name="stage2", model=RetEncoder(peft_model), dataset=dataset,
-        collate=PairCollator(processor, settings.prompt, settings.model.ret_token),
-        compute_loss=lambda model, batch, ctx: stage2_loss(model, batch, ctx, settings),
-        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, checkpoint_every=cfg.checkpoint_every,
-        params=tracked_params(settings),
-    )
-    result = run_training(spec, settings, out, progress=progress)
-    summary = summarize(result)
-    if distributed.rank() == 0:
-        save_merged(result.model.model, processor, settings, out / "model",
-                    {"stage2": {"steps": result.state.global_step, "mac": settings.mac.model_dump(by_alias=True)}})
-    return summary
+    return run_pair_stage("stage2", settings, cfg, peft_model, processor, dataset,
+                          lambda model, batch, ctx: stage2_loss(model, batch, ctx, settings), out,
+                          {"mac": settings.mac.model_dump(by_alias=True)}, progress)

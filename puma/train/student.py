@@ -125,6 +125,30 @@ class PairCollator:
         return PairBatch(inputs, len(pairs), row_keys(inputs, self.vision_start), target, cand)
 
 
+def run_pair_stage(name: str, settings, cfg, peft_model, processor, dataset, compute_loss, out: Path,
+                   record: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Train ``peft_model`` on (query, positive) pairs with ``compute_loss``, then merge and save ``OUT/model``.
+
+    ``cfg`` is the stage's params section; ``record`` goes into ``config.json["puma"][name]`` with the
+    number of steps. Returns the run summary (:func:`puma.train.loop.summarize`).
+    """
+    from puma import distributed
+    from puma.train.loop import StageSpec, run_training, summarize, tracked_params
+
+    spec = StageSpec(
+        name=name, model=RetEncoder(peft_model), dataset=dataset,
+        collate=PairCollator(processor, settings.prompt, settings.model.ret_token), compute_loss=compute_loss,
+        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, checkpoint_every=cfg.checkpoint_every,
+        params=tracked_params(settings),
+    )
+    result = run_training(spec, settings, out, progress=progress)
+    if distributed.rank() == 0:
+        save_merged(result.model.model, processor, settings, Path(out) / "model",
+                    {name: {"steps": result.state.global_step, **record}})
+    return summarize(result)
+
+
 def save_merged(model, processor, settings, out: str | Path, record: dict[str, Any]) -> Path:
     """Merge the LoRA adapter into the weights and write a standalone retriever to ``out`` (atomic).
 
