@@ -161,7 +161,9 @@ def make_accelerator(runtime: RuntimeSettings, grad_accum: int, batch_size: int)
 
     from accelerate import Accelerator
 
-    kwargs: dict[str, Any] = {"gradient_accumulation_steps": grad_accum, "mixed_precision": runtime.precision}
+    kwargs: dict[str, Any] = {"gradient_accumulation_steps": grad_accum, "mixed_precision": runtime.precision,
+                              # cpu=True is what makes accelerate run multi-process on gloo without GPUs.
+                              "cpu": not torch.cuda.is_available()}
     if runtime.deepspeed:
         from accelerate.utils import DeepSpeedPlugin
 
