@@ -110,3 +110,20 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, settings):
 def test_grad_accumulation_matches_step_count(tmp_path, settings):
     res = run_training(make_spec(grad_accum=2, epochs=1), settings, tmp_path, progress=False)
     assert res.state.global_step == 3 and len(res.history) == 3
+
+
+@pytest.mark.slow  # importing mlflow and creating its sqlite store take ~10 s
+def test_live_mlflow_logging_when_tracking_is_on(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    settings = Settings(tracking={"enabled": True, "uri": uri, "experiment": "train-test"})
+    run_training(make_spec(epochs=1, params={"mac.lambda": 0.2, "model.prune_layers": 4}), settings,
+                 tmp_path / "run", progress=False)
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name("train-test")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["mac.lambda"] == "0.2" and run.data.params["stage"] == "toy"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 7))
+    assert {"lr", "samples_per_s", "epoch"} <= set(run.data.metrics)
