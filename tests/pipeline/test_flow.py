@@ -73,6 +73,36 @@ def test_run_streaming_streams_fails_and_times_out(tmp_path):
     assert time.monotonic() - start < 20
 
 
+def test_launch_argv():
+    from flows.launch import launch_argv
+
+    cmd = ["puma", "train", "stage1", "--out", "x"]
+    assert launch_argv(cmd, 1) == cmd
+    assert launch_argv(cmd, 4) == ["torchrun", "--standalone", "--nproc_per_node=4", "-m", "puma.cli",
+                                   "train", "stage1", "--out", "x"]
+    acc = launch_argv(cmd, 2, "accelerate", "bf16")
+    assert acc[:3] == ["accelerate", "launch", "--multi_gpu"] and "--num_processes=2" in acc
+    assert "--mixed_precision=bf16" in acc and acc[-6:] == ["-m", "puma.cli", "train", "stage1", "--out", "x"]
+    with pytest.raises(ValueError, match="only 'puma"):
+        launch_argv(["python", "x.py"], 2)
+    with pytest.raises(ValueError, match="no command"):
+        launch_argv([], 1)
+
+
+def test_launch_runs_the_command_with_the_configured_processes(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("runtime:\n  num_processes: 1\n")
+    res = subprocess.run([sys.executable, "-m", "flows.launch", "--params", str(params), "--",
+                          "puma", "config", "--params", str(params), "--flat"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "runtime.num_processes=1" in res.stdout and "[launch] 1 process(es): puma config" in res.stderr
+    params.write_text("runtime:\n  num_processes: 0\n")
+    bad = subprocess.run([sys.executable, "-m", "flows.launch", "--params", str(params), "--", "puma", "config"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "runtime.num_processes" in bad.stderr
+
+
 def test_overrides_apply_like_dvc_exp_run(toy_repo):
     from puma.config import ConfigError, load_settings
 
