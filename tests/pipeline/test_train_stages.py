@@ -111,3 +111,27 @@ def test_stage1_then_stage2_run_and_save_standalone_models(tiny_dir, pruned_dir,
     assert rows[0]["tau_hard"] == 0.03 and rows[-1]["tau_hard"] < 0.03  # Eq. 8 decay with the epoch
     emb = PumaRetriever.from_pretrained(tmp_path / "s2" / "model").encode_query(["a red circle"])
     assert emb.shape == (1, 64)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, pruned_dir):
+    from puma.losses import info_nce
+
+    settings = make_settings(tiny_dir)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model, processor, _ = load_lora_student(pruned_dir, settings, settings.stage1)
+        encoder = RetEncoder(model).eval()  # no dropout, so the recomputed forward is identical
+        if checkpointing:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            encoder.train()
+            for m in encoder.modules():  # train mode for checkpointing, but dropout off
+                if isinstance(m, torch.nn.Dropout):
+                    m.eval()
+        batch = PairCollator(processor, settings.prompt, settings.model.ret_token)(text_pairs(4))
+        states = encoder(batch.inputs)
+        info_nce(states[:4], states[4:], 0.05).backward()
+        grads.append({n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
