@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # a worker loads this file by path (entrypoint): make `flows` importable
     sys.path.insert(0, str(REPO))
 
-from flows.summary import format_summary, pipeline_summary  # noqa: E402
+from flows.summary import format_summary, pipeline_summary
 
 
 class StageFailed(RuntimeError):

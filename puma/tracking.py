@@ -263,7 +263,7 @@ def log_pipeline(
     parent is created. Returns the ids; the parent is left FINISHED unless it was the caller's.
     """
     root = Path(root).resolve()
-    mlflow, client, exp_id = _mlflow(settings, root)
+    _, client, exp_id = _mlflow(settings, root)
     parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
     sha, dirty = git_commit(root)
     own = parent_run_id is None

@@ -23,8 +23,8 @@ def store(tmp_path_factory):
     """A repo-like folder: params.yaml pointing at a fresh SQLite store, a model, a dvc.lock, logs."""
     root = tmp_path_factory.mktemp("repo")
     (root / "params.yaml").write_text(
-        f"tracking:\n  uri: sqlite:///mlruns.db\n  artifact_location: mlartifacts\n  experiment: t\n"
-        f"model:\n  prune_layers: 3\nmac:\n  lambda: 0.5\n"
+        "tracking:\n  uri: sqlite:///mlruns.db\n  artifact_location: mlartifacts\n  experiment: t\n"
+        "model:\n  prune_layers: 3\nmac:\n  lambda: 0.5\n"
     )
     model = root / "artifacts" / "stage2" / "model"
     model.mkdir(parents=True)
