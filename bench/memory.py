@@ -4,7 +4,7 @@ On a CUDA machine ``bench.gpu_memory_runs`` are measured instead.
 
 Each measurement runs in a fresh child process (peak RSS only grows, so sides cannot share one):
 the child builds the model with random weights, runs the phase, and reports its peak resident set
-(``ru_maxrss``) on CPU, or ``torch.cuda.max_memory_allocated`` on a GPU. The full side is the
+(``VmHWM``) on CPU, or ``torch.cuda.max_memory_allocated`` on a GPU. The full side is the
 full-depth *retriever* (``prune_layers(model, depth)``: no ``lm_head``), the pruned side keeps ``k``
 layers; the dropped weights are never written, so they are never resident.
 
@@ -18,7 +18,6 @@ model, InfoNCE (Eq. 3), backward, AdamW step.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -32,19 +31,29 @@ REPO = Path(__file__).resolve().parents[1]
 PHASES = ("encode", "train step")
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux ``/proc``; 0 where unavailable)."""
+def _proc_status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory field in bytes (Linux; 0 where unavailable)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
 
 
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    return _proc_status_bytes("VmRSS")
+
+
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """Peak resident set size of this process's own address space.
+
+    ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over fork + exec, so a child of a parent
+    that once held a 2B model would report the parent's peak; the high-water mark is per address space.
+    """
+    return _proc_status_bytes("VmHWM")
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -156,14 +165,14 @@ def run(settings=None) -> dict[str, Any]:
                     notes.append(f"{r.arch} {r.dtype} {kind} batch {r.batch_size} {side}: {e}")
             if len(res) == 2:
                 rows += [memory_row(r, kind, phase, depth, lora_r, res) for phase in PHASES]
-    notes.append("peak rss = ru_maxrss of a fresh process per side (includes Python + libraries); 'above "
+    notes.append("peak rss = VmHWM (peak resident set) of a fresh process per side (includes Python + libraries); 'above "
                  "baseline' subtracts the RSS measured after imports. Each process runs encode, then the "
-                 "training step (whose peak is the larger, so ru_maxrss after it is its own).")
+                 "training step (whose peak is the larger, so the peak read after it is its own).")
     notes.append("Training step without the teacher (stage 2's shape; stage 1 adds the teacher: a second full "
                  "model when live, nothing when cached). No gradient checkpointing.")
     return {"title": "Peak memory: encode and LoRA training step, full vs pruned",
             "meta": {"device": "cuda" if _cuda() else "cpu", "measure": "cuda max allocated" if _cuda() else
-                     "peak RSS (ru_maxrss) per fresh process"},
+                     "peak RSS (VmHWM) per fresh process"},
             "rows": rows, "notes": notes}
 
 
