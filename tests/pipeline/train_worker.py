@@ -9,10 +9,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 if __name__ == "__main__":
     import torch
+    from train_helpers import text_pairs
 
     from puma.config import load_settings
     from puma.train.stage1 import train_stage1
-    from train_helpers import text_pairs
 
     torch.set_num_threads(1)
     params, model, out, n = sys.argv[1:5]
