@@ -85,9 +85,9 @@ def run(settings=None, batch_size: int = 16, repeats: int = 7) -> dict[str, Any]
            "live / cached": ratio}
     return {"title": "Stage-1 step: cached vs live teacher", "meta": {"threads": 1, "dtype": "float32"},
             "rows": [row],
-            "notes": ["Same collated batch on both sides; a step is student forward + teacher states + Eq. 4 "
-                      "loss + backward + AdamW step. The cached side reads the teacher's [RET] states from "
-                      "the on-disk cache (safetensors shards)."]}
+            "notes": [("Same collated batch on both sides; a step is student forward + teacher states + Eq. 4 "
+                       "loss + backward + AdamW step. The cached side reads the teacher's [RET] states from "
+                       "the on-disk cache (safetensors shards).")]}
 
 
 if __name__ == "__main__":

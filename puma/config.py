@@ -83,7 +83,7 @@ class PromptSettings(_Section):
     suffix: Literal["modality", "reference"] = "modality"
 
     @model_validator(mode="after")
-    def _budget_order(self) -> "PromptSettings":
+    def _budget_order(self) -> PromptSettings:
         if self.max_pixels < self.min_pixels:
             raise ValueError(f"prompt.max_pixels ({self.max_pixels}) < prompt.min_pixels ({self.min_pixels})")
         return self

@@ -59,7 +59,7 @@ def _image_processor_class():
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
         return Qwen2VLImageProcessor
-    except Exception:  # torchvision missing or broken beside the CPU torch build
+    except Exception:  # noqa: BLE001 - torchvision missing or broken beside the CPU torch build
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         return Qwen2VLImageProcessorPil

@@ -34,19 +34,19 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-TINY_TEXT = dict(
-    hidden_size=64,
-    intermediate_size=176,
-    num_hidden_layers=8,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-6,
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6,
     # head_dim 16 -> 8 rotary frequencies split over (temporal, height, width).
-    rope_parameters={"rope_type": "default", "type": "mrope", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-)
-TINY_VISION = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    "rope_parameters": {"rope_type": "default", "type": "mrope", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+}
+TINY_VISION = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+               "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
 # Tiny image budget: 4..16 merged visual tokens (the paper's is 4..300).
 TINY_MIN_PIXELS = 4 * 28 * 28
 TINY_MAX_PIXELS = 16 * 28 * 28

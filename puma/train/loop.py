@@ -206,7 +206,7 @@ def _loggers(settings: Settings, stage: str, out: Path, resume_step: int) -> lis
     for factory in STEP_LOGGER_FACTORIES:
         try:
             lg = factory(settings, stage, out)
-        except Exception as e:  # tracking must never stop training
+        except Exception as e:  # noqa: BLE001 - tracking must never stop training
             warnings.warn(f"step logger {getattr(factory, '__name__', factory)} disabled: {e}", stacklevel=2)
             lg = None
         if lg is not None:
@@ -320,7 +320,7 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
         for lg in loggers:
             try:
                 lg.close()
-            except Exception as e:  # a tracking failure at exit must not hide a training error
+            except Exception as e:  # noqa: BLE001 - a tracking failure at exit must not hide a training error
                 warnings.warn(f"closing step logger failed: {e}", stacklevel=2)
     accelerator.wait_for_everyone()
     return TrainResult(accelerator.unwrap_model(model), state, history, resumed)

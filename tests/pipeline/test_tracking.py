@@ -134,7 +134,7 @@ def test_default_columns_are_the_16_of_table1():
     from puma.data.columns import TABLE1_COLUMNS
 
     names = [c.name for c in TABLE1_COLUMNS]
-    full = {"local": {**{n: 1.0 for n in names}, "avg": 1.0}, "global": {**{n: 2.0 for n in names}, "avg": 2.0}}
+    full = {"local": {**dict.fromkeys(names, 1.0), "avg": 1.0}, "global": {**dict.fromkeys(names, 2.0), "avg": 2.0}}
     ok = tracking.check_evaluation(full, ["local", "global"])
     assert ok.complete and len(ok.scores) == 2 * 17
     del full["global"][names[-1]]  # e.g. `puma evaluate --column ...` on a subset
@@ -169,7 +169,7 @@ def test_registry_cli_register_show_promote(store, monkeypatch):
     from puma.data.columns import TABLE1_COLUMNS
 
     names = [c.name for c in TABLE1_COLUMNS]
-    full = {p: {**{n: 20.0 for n in names}, "avg": 20.0} for p in ("local", "global")}
+    full = {p: {**dict.fromkeys(names, 20.0), "avg": 20.0} for p in ("local", "global")}
     (store / "reports" / "metrics.json").write_text(json.dumps(full))
     runner = CliRunner()
     args = ["registry", "register", "--model", "artifacts/stage2/model", "--metrics", "reports/metrics.json",

@@ -12,10 +12,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 if __name__ == "__main__":
     import torch
+    from train_helpers import image_pairs
 
     from puma.config import load_settings
     from puma.train.stage2 import train_stage2
-    from train_helpers import image_pairs
 
     torch.set_num_threads(1)
     params, model, out, n, image_dir = sys.argv[1:6]

@@ -39,5 +39,5 @@ def test_config_command_reports_errors(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("model:\n  prune_layers: -1\n")
     res = subprocess.run([sys.executable, "-m", "puma.cli", "config", "--params", str(bad)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 2 and "model.prune_layers" in res.stderr
