@@ -31,13 +31,9 @@ def show_config(
     """Validate params.yaml (+ PUMA_ env overrides) and print the resolved settings."""
     import json
 
-    from puma.config import ConfigError, load_settings
+    from puma.cli.common import settings_or_exit
 
-    try:
-        settings = load_settings(params)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
+    settings = settings_or_exit(params)
     if flat:
         for key, val in settings.flat().items():
             typer.echo(f"{key}={val}")
