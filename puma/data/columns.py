@@ -31,13 +31,17 @@ GLOBAL_TRAIN_POOL = "cand_pool/global/mbeir_union_train_cand_pool.jsonl"
 GLOBAL_TEST_POOL = "cand_pool/global/mbeir_union_test_cand_pool.jsonl"
 
 
+# Table 1's column groups, in the paper's order; a column's ``group`` is one of these.
+GROUP_NAMES = ("single", "mixed", "multi")
+
+
 @dataclass(frozen=True)
 class Column:
     """One Table-1 column. Paths are relative to the M-BEIR root."""
 
     dataset: str  # M-BEIR dataset name, e.g. "VisualNews"
     task_id: int
-    group: str  # "single" | "mixed" | "multi"
+    group: str  # one of GROUP_NAMES
 
     @property
     def dataset_id(self) -> int:

@@ -1,6 +1,6 @@
 """Dataset statistics per Table-1 column (``puma data stats ROOT``): sizes and chance-level recall.
 
-Chance level is the expected Recall@k of a uniformly random ranking (:func:`puma.evaluate.chance_recall_at_k`),
+Chance level is the expected Recall@k of a uniformly random ranking (:func:`puma.metrics.chance_recall_at_k`),
 computed per query from its number of positives, so a trained retriever's numbers can be read against it.
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from puma.data.columns import TABLE1_COLUMNS
 from puma.data.datasets import EvalView
 from puma.data.schema import iter_candidates
+from puma.metrics import chance_recall_at_k
 
 
 def dataset_stats(root: str | Path, k_for=None) -> dict:
@@ -19,8 +20,6 @@ def dataset_stats(root: str | Path, k_for=None) -> dict:
 
     ``k_for``: column name -> k (``Settings.evaluate.k_for``); default Recall@5 (10 for the fashion columns).
     """
-    from puma.evaluate import chance_recall_at_k
-
     if k_for is None:
         from puma.config import EvaluateSettings
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from puma.data.columns import GLOBAL_TRAIN_POOL, UNION_TRAIN_QUERIES, column
 from puma.data.schema import load_candidates, load_qrels, load_queries
-from puma.evaluate import chance_recall_at_k, recall_at_k
+from puma.metrics import chance_recall_at_k, recall_at_k
 
 COLUMNS = ["visualnews_task0", "mscoco_task0", "fashion200k_task0", "visualnews_task3", "mscoco_task3",
            "fashion200k_task3"]

@@ -12,7 +12,8 @@ import pytest
 from puma.config import load_settings
 from puma.data.columns import TABLE1_COLUMNS
 from puma.data.datasets import EvalView
-from puma.evaluate import evaluate_table1, recall_at_k
+from puma.evaluate import evaluate_table1
+from puma.metrics import recall_at_k
 from puma.index import search_numpy
 
 NAMES = [c.name for c in TABLE1_COLUMNS]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from puma.evaluate import chance_recall_at_k, recall_at_k, summarise
+from puma.metrics import chance_recall_at_k, recall_at_k, summarise
 
 
 def test_hit_rate_counts_a_query_once_if_any_positive_is_in_top_k():

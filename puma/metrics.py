@@ -1,0 +1,63 @@
+"""Retrieval metrics: M-BEIR Recall@k (a hit rate), its chance level, and the per-pool summary.
+
+Pure functions of ranked id lists and relevant sets, shared by evaluation (:mod:`puma.evaluate`) and
+the dataset statistics (:mod:`puma.data.stats`); nothing here embeds or reads files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+from puma.data.columns import GROUP_NAMES
+
+SUMMARY_KEYS = ("avg", *GROUP_NAMES)  # the non-column keys of one pool table in metrics.json
+
+
+def recall_at_k(retrieved: Sequence[Sequence[str]], relevant: Sequence[Collection[str]], k: int) -> float:
+    """M-BEIR Recall@k: the fraction of queries with at least one relevant id in their top ``k``.
+
+    ``retrieved``: one ranked id list per query (best first); ``relevant``: one id set per query.
+    A query with no relevant ids counts 0. Returns a fraction in [0, 1].
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if len(retrieved) != len(relevant):
+        raise ValueError(f"{len(retrieved)} ranked lists but {len(relevant)} relevant sets")
+    if not retrieved:
+        raise ValueError("recall_at_k of zero queries is undefined")
+    hits = 0
+    for ranked, rel in zip(retrieved, relevant):
+        rel = rel if isinstance(rel, (set, frozenset)) else set(rel)
+        hits += any(cand in rel for cand in list(ranked)[:k])
+    return hits / len(retrieved)
+
+
+def chance_recall_at_k(pool_size: int, num_relevant: Sequence[int], k: int) -> float:
+    """Expected Recall@k of a uniformly random ranking: mean over queries of 1 - C(N-p, k) / C(N, k).
+
+    ``num_relevant``: per query, how many of its positives are in the pool of size ``pool_size``.
+    """
+    if not num_relevant:
+        raise ValueError("chance level of zero queries is undefined")
+    total = 0.0
+    for p in num_relevant:
+        miss = 1.0  # probability that none of the p positives lands in the first k slots
+        for i in range(min(k, pool_size)):
+            miss *= max(pool_size - p - i, 0) / (pool_size - i)
+        total += 1.0 - miss
+    return total / len(num_relevant)
+
+
+def summarise(recalls: Mapping[str, float], groups: Mapping[str, str]) -> dict[str, float]:
+    """Percent table of one pool setting: the columns, ``avg`` (plain mean) and the group means.
+
+    ``recalls``: column -> fraction; ``groups``: column -> one of :data:`puma.data.columns.GROUP_NAMES`.
+    """
+    out = {col: round(100.0 * val, 2) for col, val in recalls.items()}
+    if recalls:
+        out["avg"] = round(100.0 * sum(recalls.values()) / len(recalls), 2)
+    for group in GROUP_NAMES:
+        members = [recalls[c] for c in recalls if groups.get(c) == group]
+        if members:
+            out[group] = round(100.0 * sum(members) / len(members), 2)
+    return out
