@@ -22,6 +22,13 @@ from pathlib import Path, PurePosixPath
 
 MODALITIES = ("text", "image", "image,text")
 ID_RE = re.compile(r"^(\d+):(\d+)$")
+
+
+def modality_of(has_text: bool, has_image: bool) -> str:
+    """M-BEIR's modality string for a record holding text and/or an image (the one owner of this rule)."""
+    return "image,text" if has_text and has_image else "image" if has_image else "text"
+
+
 KNOWN_DATASET_IDS = frozenset(range(10))
 KNOWN_TASK_IDS = frozenset({0, 1, 2, 3, 4, 6, 7, 8})
 

@@ -43,7 +43,7 @@ from puma.data.columns import (
     Column,
 )
 from puma.data.instructions import write_instructions
-from puma.data.schema import Candidate, Query, write_jsonl
+from puma.data.schema import Candidate, Query, modality_of, write_jsonl
 from puma.data.vocab import Entity, Scene
 
 IMAGE_SIZE = 84  # 3x3 merged visual tokens: inside the tiny pixel budget (4..16 tokens)
@@ -359,7 +359,7 @@ class _Writer:
             did = f"{ds}:{n}"
             dids[idx] = did
             img = self._image(col, split, f"c{ds}_{n}", spec.scene) if spec.scene else None
-            modality = "image,text" if (img and spec.txt) else ("image" if img else "text")
+            modality = modality_of(bool(spec.txt), bool(img))
             out_c.append(Candidate(did, spec.txt, img, modality, json.dumps(spec.src, sort_keys=True)))
         out_q = []
         for spec in queries:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import BatchFeature
 
+from puma.data.schema import modality_of
 from puma.model.encoding import collate, ret_states
 from puma.train.batching import concat_batches, row_keys
 
@@ -67,8 +68,7 @@ class RetEncoder(torch.nn.Module):
 
 def candidate_modality(item: dict) -> str:
     """The M-BEIR modality string of an item from what it holds (M-BEIR's rule for candidates)."""
-    has_text, has_image = bool(item.get("text")), item.get("image") is not None
-    return "image,text" if has_text and has_image else "image" if has_image else "text"
+    return modality_of(bool(item.get("text")), item.get("image") is not None)
 
 
 def as_pair(example: Any) -> tuple[Any, Any]:
