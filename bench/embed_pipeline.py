@@ -27,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import atomic_write_text, interleaved, paired_ratio, stats
+from bench.harness import interleaved, paired_ratio, stats
+from puma.io import write_text_atomic
 
 
 def make_pool(root: Path, n: int, image_size: int, seed: int = 0) -> Path:
@@ -86,10 +87,10 @@ def widened_checkpoint(out: Path, width: int) -> Path:
 def prepared_batches(encoder, pool: Path, root: Path, batch_size: int) -> list:
     """The batches the pipeline forms (one shard, length-sorted), collated ahead of time."""
     from puma.data.schema import candidate_item, iter_candidates
-    from puma.embed import item_length
+    from puma.model.encoding import length_key
 
     items = [candidate_item(c, root) for c in iter_candidates(pool)]
-    items.sort(key=item_length)  # Python's sort is stable, like embed's
+    items.sort(key=length_key)  # Python's sort is stable, like embed's
     return [encoder.collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
@@ -168,5 +169,5 @@ if __name__ == "__main__":
     section = run(a.model, a.n, a.batch_size, tuple(a.workers), a.image_size, a.threads, a.repeats, a.width)
     text = json.dumps(section, indent=2, default=str)
     if a.out:
-        atomic_write_text(a.out, text + "\n")
+        write_text_atomic(a.out, text + "\n")
     print(text)

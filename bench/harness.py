@@ -23,11 +23,12 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from puma.io import write_text_atomic
 
 
 def stats(values: Sequence[float]) -> dict[str, float]:
@@ -222,22 +223,8 @@ def _row_groups(sec: Mapping[str, Any]) -> list[tuple[str, list]]:
     return [("", [{"result": json.dumps(extra, default=str)}])] if extra else []
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling + rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: Mapping[str, Any], json_path: str | os.PathLike,
                  md_path: str | os.PathLike) -> None:
     """Write the report as JSON (machine-readable, every run value) and markdown (tables)."""
-    atomic_write_text(json_path, json.dumps(report, indent=2, default=str) + "\n")
-    atomic_write_text(md_path, render_markdown(report))
+    write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(md_path, render_markdown(report))

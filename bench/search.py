@@ -18,8 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import atomic_write_text, interleaved, paired_ratio, stats
+from bench.harness import interleaved, paired_ratio, stats
 from puma.index import Shard, faiss_gpu_count, l2_normalize, search
+from puma.io import write_text_atomic
 
 
 def numpy_topk(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
@@ -68,5 +69,5 @@ if __name__ == "__main__":
     args = ap.parse_args()
     text = json.dumps(run(args.n, args.dim, args.nq, args.k, repeats=args.repeats), indent=2, default=str)
     if args.out:
-        atomic_write_text(args.out, text + "\n")
+        write_text_atomic(args.out, text + "\n")
     print(text)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -66,14 +65,14 @@ def apply_overrides(root: Path, params_file: str | None, overrides: dict[str, An
     (``{"mac.lambda": 0.5}``) are then applied with DVC's own ``-S`` code, which keeps comments. The
     workspace keeps the change, as after ``dvc exp run``. Returns the ``-S`` strings applied.
     """
+    from puma.io import write_bytes_atomic
+
     target = root / "params.yaml"
     if params_file and Path(params_file).resolve() != target.resolve():
         src = Path(params_file) if Path(params_file).is_absolute() else root / params_file
         if not src.exists():
             raise FileNotFoundError(f"{src}: params file not found")
-        tmp = target.with_name(".params.yaml.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
+        write_bytes_atomic(target, src.read_bytes())
     sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (overrides or {}).items()]
     if sets:
         from dvc.utils.hydra import apply_overrides as dvc_apply_overrides

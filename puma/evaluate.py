@@ -57,15 +57,9 @@ def evaluate_table1(
     from puma.data.columns import GROUPS as COLUMN_GROUPS
     from puma.data.columns import INSTRUCTIONS_FILE, TABLE1_COLUMNS
     from puma.data.datasets import EvalView
-    from puma.embed import (
-        RetrieverEncoder,
-        atomic_write,
-        embed_pool,
-        embed_queries,
-        file_sha256,
-        write_json_atomic,
-    )
+    from puma.embed import RetrieverEncoder, embed_pool, embed_queries
     from puma.index import search
+    from puma.io import atomic_write, file_sha256, write_json_atomic
 
     say = progress or (lambda msg: None)
     root, out = Path(root), Path(out)

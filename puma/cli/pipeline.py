@@ -19,7 +19,7 @@ PARAMS = typer.Option("params.yaml", "--params", help="params file")
 
 
 def _write_json(path: Path, obj) -> None:
-    from puma.embed import write_json_atomic  # one atomic JSON writer for the project
+    from puma.io import write_json_atomic  # one atomic JSON writer for the project
 
     write_json_atomic(path, obj)
 

@@ -32,10 +32,9 @@ def _report(summary: dict, out: Path) -> None:
 
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    path = out / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
+    from puma.io import write_text_atomic
+
+    write_text_atomic(out / "metrics.json", json.dumps(summary, indent=1))
     typer.echo(json.dumps(summary))
 
 

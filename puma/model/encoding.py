@@ -1,4 +1,5 @@
-"""From items to ``[RET]`` states: :func:`collate` (prompts -> model inputs) and :func:`ret_states`.
+"""From items to ``[RET]`` states: :func:`collate` (prompts -> model inputs) and :func:`ret_states`,
+plus :func:`length_key`, the order items are batched in.
 
 Training calls both inside its own loop (student and full-depth teacher on the same batch);
 :class:`puma.PumaRetriever` calls them for ``encode_query``/``encode_document``. Signatures are an
@@ -20,6 +21,15 @@ from puma.model.ret import RET_TOKEN, ret_positions
 
 # Keys of a collated batch that Qwen2VLModel.forward takes (ret_positions is ours).
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+
+
+def length_key(item: dict) -> tuple[bool, int]:
+    """Sort key for batching: images together, then by characters of text + instruction.
+
+    Batching items of similar length wastes less padding; callers sort by it and restore the input
+    order afterwards (``puma.embed`` shortest first, :class:`puma.PumaRetriever` longest first).
+    """
+    return item.get("image") is not None, len(item.get("text") or "") + len(item.get("instruction") or "")
 
 
 def _open_image(image, index: int):

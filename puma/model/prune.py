@@ -13,7 +13,6 @@ and a ``puma`` section in ``config.json`` recording the base, ``k`` and provenan
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2VLConfig, Qwen2VLModel
 
+from puma.io import file_sha256
 from puma.model.ret import RET_TOKEN, ensure_ret_token
 
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -163,19 +163,11 @@ def _provenance(base: str | os.PathLike) -> dict:
     path = Path(base)
     if path.is_dir():
         prov["base_files_sha256"] = {
-            f.name: _sha256(f) for f in sorted(path.iterdir()) if f.suffix in (".safetensors", ".json")
+            f.name: file_sha256(f) for f in sorted(path.iterdir()) if f.suffix in (".safetensors", ".json")
         }
     else:
         prov["base_revision"] = getattr(Qwen2VLConfig.from_pretrained(base), "_commit_hash", None)
     return prov
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_pruned(
@@ -193,7 +185,7 @@ def save_pruned(
     ``ret_init``), saves safetensors + config + processor, and records
     ``config.json["puma"] = {"base", "k", "depth", "ret", "provenance"}``.
     """
-    from puma.model.io import atomic_dir
+    from puma.io import atomic_dir
     from puma.model.processor import load_processor
 
     depth = text_config_of(Qwen2VLConfig.from_pretrained(base)).num_hidden_layers

@@ -21,13 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from puma.model.encoding import collate, ret_states
+from puma.model.encoding import collate, length_key, ret_states
 from puma.model.prompts import as_item
 from puma.model.ret import RET_TOKEN
 
 PROMPT_FILE = "puma_prompt.json"
-# Sort key weight of an image in "characters": images batch together, before long texts.
-_IMAGE_LENGTH = 10_000
 
 
 def _torch_dtype(dtype) -> torch.dtype | None:
@@ -118,7 +116,7 @@ class PumaRetriever:
         The prompt settings go to ``config.json["puma"]["prompt"]``; an unmerged peft model is saved
         as an adapter dir (loadable by :meth:`from_pretrained`) with them in ``puma_prompt.json``.
         """
-        from puma.model.io import atomic_dir
+        from puma.io import atomic_dir
 
         config = qwen_config(self.model)
         prompt = self.prompt.model_dump(mode="json")
@@ -171,7 +169,9 @@ class PumaRetriever:
         checked = [as_item(x, i, is_query) for i, x in enumerate(items)]
         if device is not None and torch.device(device) != self.device:
             self.model.to(device)
-        order = np.argsort([-_length(item) for item in checked], kind="stable")
+        # Longest first (images, then long texts), ties in input order; results go back to input order.
+        order = np.array(sorted(range(len(checked)), key=lambda i: length_key(checked[i]), reverse=True),
+                         dtype=np.int64)
         chunks = []
         starts = range(0, len(order), batch_size)
         if show_progress_bar:
@@ -196,10 +196,6 @@ class PumaRetriever:
             out = emb.numpy()
             return out[0] if single else out
         return emb[0] if single else list(emb)
-
-
-def _length(item: dict) -> int:
-    return len(item["text"] or "") + len(item["instruction"] or "") + (_IMAGE_LENGTH if item["image"] is not None else 0)
 
 
 def qwen_config(model):

@@ -110,7 +110,7 @@ def build_tiny(seed: int = 0, num_layers: int = 8):
 
 def save_tiny(out: str | os.PathLike, seed: int = 0, num_layers: int = 8) -> Path:
     """Write the tiny checkpoint (safetensors + config + tokenizer + processor) to ``out`` atomically."""
-    from puma.model.io import atomic_dir
+    from puma.io import atomic_dir
 
     out = Path(out)
     model, processor = build_tiny(seed, num_layers)

@@ -25,8 +25,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from puma.io import atomic_dir
 from puma.model.encoding import collate, ret_states
-from puma.model.io import atomic_dir
 from puma.model.prune import load_pruned, text_config_of
 from puma.train.batching import row_keys
 

@@ -97,14 +97,6 @@ def test_write_report_json_and_markdown(tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["bench.json", "bench.md"]
 
 
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    path = tmp_path / "bench.json"
-    path.write_text("old")
-    with pytest.raises(TypeError):
-        harness.atomic_write_text(path, 123)  # not a str: fails mid-write
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["bench.json"]
-
-
 def test_run_one_skips_missing_and_reports_errors():
     missing = run_one("no_such_benchmark_xyz", settings=None)
     assert missing["status"] == "skipped" and "no_such_benchmark_xyz.py does not exist" in missing["reason"]

@@ -1,0 +1,139 @@
+"""The embedding directory format: ``manifest.json`` plus ``shards/NNNNN.{npy,ids}`` (see :mod:`puma.embed`).
+
+:class:`EmbeddingStore` reads a (possibly partial) directory; :func:`start_manifest` creates one or
+checks that an existing one was made from the same inputs; :func:`write_shard` writes one finished
+shard, its ``.npy`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from puma.io import atomic_write, write_json_atomic
+
+if TYPE_CHECKING:
+    from puma.index import Shard
+
+MANIFEST = "manifest.json"
+FORMAT = "puma-embeddings/1"
+# Manifest fields that must match for a rerun to reuse finished shards.
+IDENTITY_KEYS = ("format", "kind", "model_fingerprint", "source_sha256", "count", "shard_size", "dtype",
+                 "dim", "extra")
+
+
+class EmbeddingError(RuntimeError):
+    """An embedding directory is incomplete, corrupt, or was made from different inputs."""
+
+
+@dataclass
+class EmbeddingStore:
+    """A (possibly partial) embedding directory written by :func:`puma.embed.embed_records`."""
+
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> EmbeddingStore:
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise EmbeddingError(f"{path}: no manifest (not an embedding directory, or never started)")
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise EmbeddingError(f"{path}:{e.lineno}: manifest is not valid JSON: {e.msg}") from None
+        if manifest.get("format") != FORMAT:
+            raise EmbeddingError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        return cls(root, manifest)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.manifest["count"] // self.manifest["shard_size"])
+
+    def shard_rows(self, j: int) -> int:
+        size, count = self.manifest["shard_size"], self.manifest["count"]
+        return min(size, count - j * size)
+
+    def shard_paths(self, j: int) -> tuple[Path, Path]:
+        base = self.root / "shards" / f"{j:05d}"
+        return base.with_suffix(".npy"), base.with_suffix(".ids")
+
+    def is_done(self, j: int) -> bool:
+        """A shard is finished when its .npy (written last) exists with the expected shape."""
+        npy, ids = self.shard_paths(j)
+        if not (npy.is_file() and ids.is_file()):
+            return False
+        try:
+            arr = np.load(npy, mmap_mode="r")
+        except (ValueError, OSError):
+            return False
+        return arr.shape == (self.shard_rows(j), self.manifest["dim"])
+
+    def missing(self) -> list[int]:
+        return [j for j in range(self.num_shards) if not self.is_done(j)]
+
+    def shard(self, j: int) -> Shard:
+        """Shard j, memory-mapped (only the pages searched are read)."""
+        from puma.index import Shard  # here, not at the top: reading a manifest needs no search code
+
+        npy, ids_path = self.shard_paths(j)
+        if not self.is_done(j):
+            raise EmbeddingError(f"{npy}: shard {j} is missing or incomplete; rerun `puma embed` to finish it")
+        ids = ids_path.read_text().splitlines()
+        emb = np.load(npy, mmap_mode="r")
+        if len(ids) != emb.shape[0]:
+            raise EmbeddingError(f"{ids_path}: {len(ids)} ids for {emb.shape[0]} embeddings")
+        return Shard(emb, ids)
+
+    def shards(self) -> Iterator[Shard]:
+        """All shards in order; raises if the directory is incomplete."""
+        missing = self.missing()
+        if missing:
+            raise EmbeddingError(f"{self.root}: {len(missing)} of {self.num_shards} shards unfinished "
+                                 f"(first: {missing[0]}); rerun `puma embed` with the same arguments")
+        for j in range(self.num_shards):
+            yield self.shard(j)
+
+    def load(self) -> tuple[np.ndarray, list[str]]:
+        """Everything in memory as float32 (for small pools, queries and tests): (N, D), N ids."""
+        embs, ids = [], []
+        for shard in self.shards():
+            embs.append(np.asarray(shard.embeddings, dtype=np.float32))
+            ids.extend(shard.ids)
+        dim = self.manifest["dim"]
+        return (np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)), ids
+
+
+def start_manifest(out: Path, manifest: dict) -> EmbeddingStore:
+    """Create ``out`` with ``manifest``, or check that an existing one matches (resume)."""
+    path = out / MANIFEST
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        old = EmbeddingStore.open(out).manifest
+        diff = [k for k in IDENTITY_KEYS if old.get(k) != manifest.get(k)]
+        if diff:
+            raise EmbeddingError(
+                f"{path}: existing embeddings were made with different {', '.join(diff)} "
+                f"(e.g. {diff[0]}: {old.get(diff[0])!r} != {manifest.get(diff[0])!r}); "
+                "use another --out or delete it")
+    else:
+        write_json_atomic(path, manifest)
+    return EmbeddingStore(out, manifest)
+
+
+def write_shard(store: EmbeddingStore, j: int, emb: np.ndarray, ids: Sequence[str]) -> None:
+    """Write shard ``j``: its ids, then its embeddings as the manifest's dtype (last: marks it done)."""
+    npy, ids_path = store.shard_paths(j)
+    bad = [i for i in ids if "\n" in i or not i]
+    if bad:
+        raise EmbeddingError(f"shard {j}: ids must be non-empty single-line strings, got {bad[0]!r}")
+    atomic_write(ids_path, lambda f: f.write("".join(f"{i}\n" for i in ids)), mode="w")
+    arr = emb.astype(store.manifest["dtype"])
+    atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))  # last: marks the shard done
