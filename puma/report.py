@@ -167,7 +167,7 @@ def load_examples(eval_dir: str | os.PathLike, root: str | os.PathLike, n: int, 
     """
     from puma.data.columns import COLUMNS_BY_NAME
     from puma.data.schema import iter_queries, resolve_image
-    from puma.embed.store import EmbeddingStore
+    from puma.embed import EmbeddingStore
     from puma.evaluate import describe_candidates
 
     eval_dir, root = Path(eval_dir), Path(root)

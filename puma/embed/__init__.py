@@ -31,25 +31,14 @@ One concern per module:
   (:func:`embed_pool`, :func:`embed_queries`).
 - :mod:`puma.embed.encoder`: :class:`RetrieverEncoder`, the adapter from :class:`puma.PumaRetriever`.
 
-Names are imported lazily, so ``from puma.embed import EmbeddingStore`` loads only the store (and
-never torch).
+Nothing here imports torch at module level (the shard loop and the encoder import it when they run).
 """
 
-_EXPORTS = {
-    "MANIFEST": "puma.embed.store",
-    "FORMAT": "puma.embed.store",
-    "IDENTITY_KEYS": "puma.embed.store",
-    "EmbeddingError": "puma.embed.store",
-    "EmbeddingStore": "puma.embed.store",
-    "model_fingerprint": "puma.embed.fingerprint",
-    "Prefetcher": "puma.embed.prefetch",
-    "BatchEncoder": "puma.embed.run",
-    "count_records": "puma.embed.run",
-    "embed_records": "puma.embed.run",
-    "embed_pool": "puma.embed.run",
-    "embed_queries": "puma.embed.run",
-    "RetrieverEncoder": "puma.embed.encoder",
-}
+from puma.embed.encoder import RetrieverEncoder
+from puma.embed.fingerprint import model_fingerprint
+from puma.embed.prefetch import Prefetcher
+from puma.embed.run import BatchEncoder, count_records, embed_pool, embed_queries, embed_records
+from puma.embed.store import FORMAT, IDENTITY_KEYS, MANIFEST, EmbeddingError, EmbeddingStore
 
 __all__ = [
     "FORMAT",
@@ -67,10 +56,3 @@ __all__ = [
     "model_fingerprint",
 ]
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'puma.embed' has no attribute {name!r}")

@@ -12,14 +12,10 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from puma.index import Shard
 from puma.io import atomic_write, write_json_atomic
-
-if TYPE_CHECKING:
-    from puma.index import Shard
 
 MANIFEST = "manifest.json"
 FORMAT = "puma-embeddings/1"
@@ -81,8 +77,6 @@ class EmbeddingStore:
 
     def shard(self, j: int) -> Shard:
         """Shard j, memory-mapped (only the pages searched are read)."""
-        from puma.index import Shard  # here, not at the top: reading a manifest needs no search code
-
         npy, ids_path = self.shard_paths(j)
         if not self.is_done(j):
             raise EmbeddingError(f"{npy}: shard {j} is missing or incomplete; rerun `puma embed` to finish it")
