@@ -21,7 +21,7 @@ help:
 	@echo "make flow       the same pipeline as a Prefect flow run (temporary local server)"
 	@echo "make prefect-up local Prefect server + process worker on 127.0.0.1:4200, deployment puma/full-pipeline"
 	@echo "make prefect-run   prefect deployment run puma/full-pipeline --watch   (make prefect-down stops both)"
-	@echo "make mlflow-ui  MLflow UI on http://127.0.0.1:5000 for the local store (mlruns.db + mlartifacts/)"
+	@echo "make mlflow-ui  MLflow UI on http://127.0.0.1:5000 for the local store (params.yaml: tracking.uri)"
 
 install: $(STAMP)
 
@@ -53,8 +53,7 @@ prefect-down:
 
 MLFLOW_PORT ?= 5000
 mlflow-ui: install
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --default-artifact-root $(CURDIR)/mlartifacts \
-	  --host 127.0.0.1 --port $(MLFLOW_PORT)
+	puma registry ui --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 test: install
 	python -m pytest -q

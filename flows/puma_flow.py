@@ -150,7 +150,7 @@ def puma(
     stage_timeout_s: float = 4 * 3600,
     retries: int = 1,
 ) -> dict[str, Any]:
-    """The PUMA pipeline: data -> prune -> teacher cache -> stage 1 -> stage 2 -> embed -> evaluate -> register.
+    """The PUMA pipeline: tiny, mbeir, nli -> prune -> teacher_cache -> stage1 -> stage2 -> evaluate -> report -> register.
 
     Args:
         params_file: params file to run with (copied over ``params.yaml``; default: use it as is).

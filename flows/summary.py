@@ -1,4 +1,11 @@
-"""What a finished pipeline run produced, and where: ``python -m flows.summary`` (the end of ``make run``)."""
+"""What a finished pipeline run produced, and where: ``python -m flows.summary`` (the end of ``make run``).
+
+Nothing here restates a path: the output folders are the outs ``dvc.yaml`` declares for the
+``evaluate``, ``report`` and ``register`` stages (read through DVC), inside which ``puma evaluate``
+writes ``metrics.json`` and ``puma report`` writes ``report.md``; the MLflow store and run come from
+``registry.json``, which the ``register`` stage writes from ``params.yaml: tracking`` (resolved by
+:mod:`puma.tracking`). The headline scores are the summary keys :data:`puma.metrics.SUMMARY_KEYS`.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +13,32 @@ import json
 from pathlib import Path
 from typing import Any
 
+from puma.metrics import SUMMARY_KEYS
+
 REPO = Path(__file__).resolve().parent.parent
-METRICS = "artifacts/eval/metrics.json"
-REPORT = "reports/report/report.md"
-REGISTRY = "reports/registry.json"
+
+
+def pipeline_outputs(root: Path = REPO) -> dict[str, Path]:
+    """``metrics`` / ``report`` / ``registry`` -> the file the pipeline of ``root/dvc.yaml`` writes there."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        outs = {s.name: [Path(o.def_path) for o in s.outs] for s in repo.index.stages if getattr(s, "name", None)}
+    return {"metrics": root / outs["evaluate"][0] / "metrics.json",
+            "report": root / outs["report"][0] / "report.md",
+            "registry": root / outs["register"][0]}
 
 
 def pipeline_summary(root: Path = REPO) -> dict[str, Any]:
     """Paths of the metrics, report and registry entry (whatever exists), headline scores, gate decision."""
-    out: dict[str, Any] = {}
-    for key, rel in [("metrics", METRICS), ("report", REPORT), ("registry", REGISTRY)]:
-        if (root / rel).exists():
-            out[key] = str(root / rel)
+    paths = pipeline_outputs(root)
+    out: dict[str, Any] = {key: str(path) for key, path in paths.items() if path.exists()}
     if "metrics" in out:
-        metrics = json.loads((root / METRICS).read_text())
-        out["scores"] = {pool: {k: table.get(k) for k in ("avg", "single", "mixed", "multi")}
+        metrics = json.loads(paths["metrics"].read_text())
+        out["scores"] = {pool: {k: table.get(k) for k in SUMMARY_KEYS}
                          for pool, table in metrics.items() if isinstance(table, dict)}
     if "registry" in out:
-        reg = json.loads((root / REGISTRY).read_text())
+        reg = json.loads(paths["registry"].read_text())
         out["mlflow"] = {"tracking_uri": reg.get("tracking_uri"), "parent_run_id": reg.get("parent_run_id"),
                          "model": f"{reg.get('model_name')} v{reg.get('version')}",
                          "promotion": (reg.get("promotion") or {}).get("reason")}

@@ -158,6 +158,7 @@ class EvaluateSettings(_Section):
 
 class TrackingSettings(_Section):
     enabled: bool = True
+    live: bool = True  # per-step MLflow logging from inside `puma train` (PUMA_TRACKING__LIVE=0: off)
     uri: str = "sqlite:///mlruns.db"
     artifact_location: str = "mlartifacts"
     experiment: str = "puma"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from puma.cli import data, model, pipeline, retrieval, train
+from puma.cli import data, model, registry, retrieval, train
 
 app = typer.Typer(
     name="puma",
@@ -19,7 +19,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data", help="Download, synthesise and validate M-BEIR / NLI data.")
 app.add_typer(model.app, name="model", help="Tiny default checkpoint, layer pruning, FLOPs.")
 app.add_typer(train.app, name="train", help="Stage 1 (self-distillation) and stage 2 (MAC) training.")
-app.add_typer(pipeline.app, name="registry", help="MLflow tracking, model registry and promotion.")
+app.add_typer(registry.app, name="registry", help="MLflow tracking, model registry and promotion.")
 retrieval.register(app)  # top-level: embed, evaluate, search, report
 
 

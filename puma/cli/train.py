@@ -2,7 +2,9 @@
 
 Each command reads ``--params`` and writes under ``--out``; a stage resumes by itself from the newest
 checkpoint in ``OUT/checkpoints`` when re-run with the same command. Multi-process runs go through
-``accelerate launch`` / ``torchrun`` around the same command (``runtime.num_processes``).
+``accelerate launch`` / ``torchrun`` around the same command (``runtime.num_processes``). The training
+commands hand the loop its live step loggers (:func:`puma.tracking.step_loggers`: MLflow when
+``tracking.enabled`` and ``tracking.live``); the library's training code never imports tracking.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ def _launched_world() -> int:
     import os
 
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _step_loggers(settings) -> list:
+    """The live step loggers the settings ask for (built by the tracking module; none when off)."""
+    from puma.tracking import step_loggers
+
+    return step_loggers(settings, ".")
 
 
 def _report(summary: dict, out: Path) -> None:
@@ -73,7 +82,8 @@ def stage1(
             raise typer.Exit(2)
         typer.echo(f"{cache}: no teacher cache yet, building it")
         build_teacher_cache(settings, model, cache, progress=progress)
-    summary = train_stage1(settings, model, out, cache_dir=cache, progress=progress)
+    summary = train_stage1(settings, model, out, cache_dir=cache, progress=progress,
+                           step_loggers=_step_loggers(settings))
     _report(summary, out)
 
 
@@ -88,5 +98,5 @@ def stage2(
     from puma.train.stage2 import train_stage2
 
     settings = settings_or_exit(params)
-    summary = train_stage2(settings, model, out, progress=progress)
+    summary = train_stage2(settings, model, out, progress=progress, step_loggers=_step_loggers(settings))
     _report(summary, out)

@@ -9,7 +9,8 @@ collate function, loss); :func:`run_training` does the rest, identically for bot
   ``batch_size * world_size`` of which each rank takes its slice, so a resumed run sees the same batches;
 - periodic atomic checkpoints (:mod:`puma.train.checkpoint`) and automatic resume from the newest;
 - a progress bar (loss, lr, samples/s), a JSON-lines log ``OUT/train_log.jsonl`` (one row per optimizer
-  step, read by ``puma.tracking``) and optional live step loggers (MLflow, lazily imported).
+  step, read by ``puma.tracking``) and the live step loggers the caller passes in (``puma train`` builds
+  them with :func:`puma.tracking.step_loggers`; this module never imports tracking).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from puma.config import RuntimeSettings, Settings
+from puma.io import write_text_atomic
 from puma.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 
 ADAM_BETAS = (0.9, 0.98)  # reference optimiser
@@ -78,9 +80,9 @@ class StepLogger(Protocol):
     def close(self) -> None: ...
 
 
-# Factories ``(settings, stage_name, out_dir) -> StepLogger | None`` called at the start of training.
-# puma.tracking (or a user) may append to this list; tracking is never needed for training to run.
-STEP_LOGGER_FACTORIES: list[Callable[[Settings, str, Path], StepLogger | None]] = []  # filled below
+# ``(stage name, run directory) -> StepLogger | None``, called on the main process at the start of
+# training. The caller (``puma train``: :func:`puma.tracking.step_loggers`) decides which exist.
+StepLoggerFactory = Callable[[str, Path], "StepLogger | None"]
 
 
 class JsonlLogger:
@@ -92,9 +94,7 @@ class JsonlLogger:
             # Drop rows past the checkpoint we resume from (they are recomputed identically).
             rows = [r for r in path.read_text().splitlines() if r.strip()]
             keep = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(r + "\n" for r in keep))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(r + "\n" for r in keep))
         self._f = path.open("a")
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -106,42 +106,6 @@ class JsonlLogger:
 
     def close(self) -> None:
         self._f.close()
-
-
-class MlflowLogger:
-    """Live per-step logging to MLflow (imported lazily; only built when ``tracking.enabled``)."""
-
-    def __init__(self, settings: Settings, stage: str):
-        import mlflow
-
-        self._mlflow = mlflow
-        mlflow.set_tracking_uri(settings.tracking.uri)
-        mlflow.set_experiment(settings.tracking.experiment)
-        parent = os.environ.get("PUMA_MLFLOW_PARENT_RUN_ID")
-        if parent:
-            self._run = mlflow.start_run(run_name=stage, nested=True, parent_run_id=parent)
-        else:
-            self._run = mlflow.start_run(run_name=stage)
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._mlflow.log_metrics(metrics, step=step)
-
-    def close(self) -> None:
-        self._mlflow.end_run()
-
-
-def mlflow_logger_factory(settings: Settings, stage: str, out: Path) -> StepLogger | None:
-    """Live MLflow logging when ``tracking.enabled``; ``PUMA_TRACKING_LIVE=0`` turns it off (e.g. when
-    the pipeline logs ``train_log.jsonl`` after the stage instead)."""
-    if not settings.tracking.enabled or os.environ.get("PUMA_TRACKING_LIVE", "1") == "0":
-        return None
-    return MlflowLogger(settings, stage)
-
-
-STEP_LOGGER_FACTORIES.append(mlflow_logger_factory)
 
 
 def seed_everything(seed: int) -> None:
@@ -201,11 +165,11 @@ def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
     return [perm[b * global_bs + rank * batch_size : b * global_bs + (rank + 1) * batch_size] for b in range(n_batches)]
 
 
-def _loggers(settings: Settings, stage: str, out: Path, resume_step: int) -> list[StepLogger]:
+def _loggers(factories: Sequence[StepLoggerFactory], stage: str, out: Path, resume_step: int) -> list[StepLogger]:
     loggers: list[StepLogger] = [JsonlLogger(out / LOG_NAME, resume_step)]
-    for factory in STEP_LOGGER_FACTORIES:
+    for factory in factories:
         try:
-            lg = factory(settings, stage, out)
+            lg = factory(stage, out)
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
             warnings.warn(f"step logger {getattr(factory, '__name__', factory)} disabled: {e}", stacklevel=2)
             lg = None
@@ -222,8 +186,13 @@ class TrainResult:
     resumed_from: str | None
 
 
-def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress: bool = True) -> TrainResult:
-    """Train ``spec.model`` in place; checkpoints under ``OUT/checkpoints``, resumes from the newest."""
+def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress: bool = True,
+                 step_loggers: Sequence[StepLoggerFactory] = ()) -> TrainResult:
+    """Train ``spec.model`` in place; checkpoints under ``OUT/checkpoints``, resumes from the newest.
+
+    Every row goes to ``OUT/train_log.jsonl``; ``step_loggers`` (factories, see :data:`StepLoggerFactory`)
+    add live loggers on the main process. A factory or logger that fails is warned about, never fatal.
+    """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -262,7 +231,7 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
         resumed = str(found)
         accelerator.print(f"{spec.name}: resumed from {found} (step {state.global_step}/{total})")
 
-    loggers = _loggers(settings, spec.name, out, state.global_step) if accelerator.is_main_process else []
+    loggers = _loggers(step_loggers, spec.name, out, state.global_step) if accelerator.is_main_process else []
     for lg in loggers:
         lg.log_params({"stage": spec.name, "total_steps": total, "world_size": world, **spec.params})
     bar = tqdm(total=total, initial=state.global_step, desc=spec.name,
@@ -354,15 +323,14 @@ def gathered_weight(ctx: StepContext) -> float:
 
 
 __all__ = [
-    "STEP_LOGGER_FACTORIES",
     "StageSpec",
     "StepContext",
     "StepLogger",
+    "StepLoggerFactory",
     "TrainResult",
     "epoch_batches",
     "gathered_weight",
     "make_accelerator",
-    "mlflow_logger_factory",
     "run_training",
     "seed_everything",
     "summarize",

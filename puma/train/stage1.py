@@ -12,6 +12,7 @@ the adapter is merged and a standalone checkpoint is written to ``OUT/model``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from puma.config import Settings
 from puma.distributed import gather
 from puma.losses import alpha_schedule, distill_loss, info_nce, pretraining_loss
-from puma.train.loop import StepContext, gathered_weight
+from puma.train.loop import StepContext, StepLoggerFactory, gathered_weight
 from puma.train.student import PairBatch, as_pair, load_lora_student, run_pair_stage
 from puma.train.teacher_cache import TeacherCache, load_teacher, teacher_fingerprint, write_teacher_cache
 
@@ -78,9 +79,12 @@ def _teacher(settings: Settings, model_dir: Path, ret_id: int, cache_dir: Path |
 
 def train_stage1(
     settings: Settings, model_dir: str | Path, out: str | Path, cache_dir: str | Path | None = None,
-    dataset=None, progress: bool = True,
+    dataset=None, progress: bool = True, step_loggers: Sequence[StepLoggerFactory] = (),
 ) -> dict[str, Any]:
-    """Run stage 1 from the pruned checkpoint ``model_dir``; the merged model goes to ``OUT/model``."""
+    """Run stage 1 from the pruned checkpoint ``model_dir``; the merged model goes to ``OUT/model``.
+
+    ``step_loggers``: live loggers for :func:`puma.train.loop.run_training` (the CLI's tracking ones).
+    """
     from puma.train.loop import seed_everything
 
     cfg, out, model_dir = settings.stage1, Path(out), Path(model_dir)
@@ -93,7 +97,7 @@ def train_stage1(
     record = {"teacher": cfg.teacher, "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind}
     return run_pair_stage("stage1", settings, cfg, peft_model, processor, dataset,
                           lambda model, batch, ctx: stage1_loss(model, teacher, batch, ctx, cfg), out, record,
-                          progress)
+                          progress, step_loggers)
 
 
 def build_teacher_cache(

@@ -12,6 +12,7 @@ gathered with the embeddings, and ``tau_hard`` decays with the (fractional) epoc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from puma.config import Settings
 from puma.distributed import gather
 from puma.losses import info_nce, mac_loss, modality_ids, tau_hard_schedule
-from puma.train.loop import StepContext, gathered_weight
+from puma.train.loop import StepContext, StepLoggerFactory, gathered_weight
 from puma.train.student import PairBatch, load_lora_student, run_pair_stage
 
 
@@ -59,9 +60,13 @@ def stage2_loss(
 
 
 def train_stage2(
-    settings: Settings, model_dir: str | Path, out: str | Path, dataset=None, progress: bool = True
+    settings: Settings, model_dir: str | Path, out: str | Path, dataset=None, progress: bool = True,
+    step_loggers: Sequence[StepLoggerFactory] = (),
 ) -> dict[str, Any]:
-    """Run stage 2 from the stage-1 checkpoint ``model_dir``; the merged retriever goes to ``OUT/model``."""
+    """Run stage 2 from the stage-1 checkpoint ``model_dir``; the merged retriever goes to ``OUT/model``.
+
+    ``step_loggers``: live loggers for :func:`puma.train.loop.run_training` (the CLI's tracking ones).
+    """
     from puma.train.loop import seed_everything
 
     cfg, out = settings.stage2, Path(out)
@@ -70,4 +75,4 @@ def train_stage2(
     dataset = mbeir_dataset(settings) if dataset is None else dataset
     return run_pair_stage("stage2", settings, cfg, peft_model, processor, dataset,
                           lambda model, batch, ctx: stage2_loss(model, batch, ctx, settings), out,
-                          {"mac": settings.mac.model_dump(by_alias=True)}, progress)
+                          {"mac": settings.mac.model_dump(by_alias=True)}, progress, step_loggers)

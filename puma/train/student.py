@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import BatchFeature
@@ -21,6 +22,9 @@ from transformers import BatchFeature
 from puma.data.schema import modality_of
 from puma.model.encoding import collate, ret_states
 from puma.train.batching import concat_batches, row_keys
+
+if TYPE_CHECKING:
+    from puma.train.loop import StepLoggerFactory
 
 # Decoder projections only: Qwen2-VL's vision blocks use fused `qkv`/`proj`/`fc1`/`fc2` and the merger
 # an `mlp` Sequential, so anchoring on `language_model` keeps the vision tower frozen by construction.
@@ -126,7 +130,8 @@ class PairCollator:
 
 
 def run_pair_stage(name: str, settings, cfg, peft_model, processor, dataset, compute_loss, out: Path,
-                   record: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+                   record: dict[str, Any], progress: bool = True,
+                   step_loggers: Sequence[StepLoggerFactory] = ()) -> dict[str, Any]:
     """Train ``peft_model`` on (query, positive) pairs with ``compute_loss``, then merge and save ``OUT/model``.
 
     ``cfg`` is the stage's params section; ``record`` goes into ``config.json["puma"][name]`` with the
@@ -142,7 +147,7 @@ def run_pair_stage(name: str, settings, cfg, peft_model, processor, dataset, com
         warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, checkpoint_every=cfg.checkpoint_every,
         params=tracked_params(settings),
     )
-    result = run_training(spec, settings, out, progress=progress)
+    result = run_training(spec, settings, out, progress=progress, step_loggers=step_loggers)
     if distributed.rank() == 0:
         save_merged(result.model.model, processor, settings, Path(out) / "model",
                     {name: {"steps": result.state.global_step, **record}})

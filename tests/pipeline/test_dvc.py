@@ -23,7 +23,7 @@ STAGE_ENTRIES = {
     "stage2": ["puma/train/stage2.py", "flows/launch.py"],
     "evaluate": ["puma/evaluate.py"],
     "report": ["puma/report.py"],
-    "register": ["puma/tracking.py"],
+    "register": ["puma/tracking/__init__.py"],
 }
 
 

@@ -112,14 +112,59 @@ def test_grad_accumulation_matches_step_count(tmp_path, settings):
     assert res.state.global_step == 3 and len(res.history) == 3
 
 
+class RecordingLogger:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def log_params(self, params):
+        self.calls.append(("params", params["stage"], params["total_steps"]))
+
+    def log_metrics(self, metrics, step):
+        self.calls.append(("metrics", step, metrics["loss"]))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_loop_calls_the_step_loggers_it_is_given(tmp_path, settings):
+    calls, made = [], []
+
+    def factory(stage, out):
+        made.append((stage, out))
+        return RecordingLogger(calls)
+
+    def broken(stage, out):
+        raise RuntimeError("no store")
+
+    with pytest.warns(UserWarning, match="step logger broken disabled: no store"):
+        res = run_training(make_spec(epochs=1), settings, tmp_path, progress=False,
+                           step_loggers=[factory, broken, lambda stage, out: None])
+    assert made == [("toy", tmp_path)]
+    assert calls[0] == ("params", "toy", 6) and calls[-1] == ("close",)
+    assert [c[1] for c in calls[1:-1]] == list(range(1, 7))
+    assert [c[2] for c in calls[1:-1]] == [r["loss"] for r in res.history]
+
+
+def test_live_logging_is_a_typed_setting(monkeypatch):
+    from puma import tracking
+
+    assert len(tracking.step_loggers(Settings(tracking={"enabled": True}))) == 1
+    assert tracking.step_loggers(Settings(tracking={"enabled": False})) == []
+    monkeypatch.setenv("PUMA_TRACKING__LIVE", "0")
+    off = Settings(tracking={"enabled": True})
+    assert off.tracking.live is False and tracking.step_loggers(off) == []
+
+
 @pytest.mark.slow  # importing mlflow and creating its sqlite store take ~10 s
 def test_live_mlflow_logging_when_tracking_is_on(tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    from puma import tracking
+
     settings = Settings(tracking={"enabled": True, "uri": uri, "experiment": "train-test"})
     run_training(make_spec(epochs=1, params={"mac.lambda": 0.2, "model.prune_layers": 4}), settings,
-                 tmp_path / "run", progress=False)
+                 tmp_path / "run", progress=False, step_loggers=tracking.step_loggers(settings, tmp_path))
     client = mlflow.tracking.MlflowClient(uri)
     exp = client.get_experiment_by_name("train-test")
     (run,) = client.search_runs([exp.experiment_id])

@@ -115,3 +115,28 @@ def download(
     out.mkdir(parents=True, exist_ok=True)
     path = tracking.download_model(_settings(params), uri, dst=out)
     typer.echo(str(path))
+
+
+@app.command("ui")
+def ui(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to serve on"),
+    port: int = typer.Option(5000, "--port", help="port to serve on"),
+    params: str = PARAMS,
+) -> None:
+    """Serve the MLflow UI for the configured local store (tracking.uri + tracking.artifact_location)."""
+    import os
+    import shutil
+
+    from puma import tracking
+
+    settings = _settings(params)
+    if settings.tracking.uri.startswith(("http://", "https://")):
+        typer.echo(f"tracking.uri is a server: open {settings.tracking.uri}")
+        return
+    cmd = tracking.ui_command(settings, Path.cwd(), host, port)
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        typer.echo("error: the mlflow command is not on PATH", err=True)
+        raise typer.Exit(1)
+    typer.echo(" ".join(cmd))
+    os.execv(exe, cmd)

@@ -1,0 +1,167 @@
+"""The model registry and the promotion gate.
+
+The final merged model folder is logged as the parent run's ``model`` artifact and registered as a
+version of ``tracking.model_name`` with its k, lambda, scores and evaluation status as tags, aliased
+``challenger``. :func:`promote` is the gate that moves ``champion``: only a *complete* evaluation on the
+same evaluation data whose global average is at least the champion's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from puma.config import Settings
+from puma.tracking.checks import EvalCheck, TrackingError
+from puma.tracking.store import connect
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+# The gate's score: the plain mean of the 16 Table-1 columns on the global pool (paper Table 11).
+GATE_METRIC = "global.avg"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome of the promotion gate for one model version."""
+
+    version: str
+    promoted: bool
+    reason: str
+    champion_before: str | None
+    champion_after: str | None
+
+
+def register_model(
+    settings: Settings,
+    run_id: str,
+    model_dir: str | os.PathLike,
+    check: EvalCheck,
+    root: str | os.PathLike = ".",
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log ``model_dir`` (a standalone merged checkpoint) to ``run_id`` and register it as a new version.
+
+    The version carries k, lambda, the evaluation status and every score as tags and gets the
+    ``challenger`` alias. Returns the version number (a string, as MLflow gives it).
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise TrackingError(f"{model_dir}: not a checkpoint folder (no config.json)")
+    _, client, _ = connect(settings, Path(root).resolve())
+    name = settings.tracking.model_name
+    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="PUMA layer-pruned Qwen2-VL retriever")
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    all_tags = {
+        "k": str(settings.model.prune_layers),
+        "lambda": str(settings.mac.lambda_),
+        "base": settings.model.base,
+        "eval.status": "complete" if check.complete else "incomplete",
+        "eval.reason": check.reason[:5000],
+        "eval.data": f"{settings.data.source}:{settings.data.root}",
+        **{f"score.{k}": f"{v:.4f}" for k, v in check.scores.items()},
+        **(tags or {}),
+    }
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=all_tags)
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    return str(mv.version)
+
+
+def _score(version) -> float | None:
+    raw = version.tags.get(f"score.{GATE_METRIC}")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def promote(settings: Settings, version: str | None = None, root: str | os.PathLike = ".") -> Decision:
+    """The promotion gate: move ``champion`` to ``version`` (default: the challenger) or say why not.
+
+    Promotes only when the version's evaluation is complete, it was evaluated on the same data as the
+    champion, and its global average is >= the champion's (ties promote: the newer model wins).
+    The decision and its reason are written as the version's ``promotion`` / ``promotion.reason`` tags.
+    """
+    from mlflow.exceptions import MlflowException
+
+    _, client, _ = connect(settings, Path(root).resolve())
+    name = settings.tracking.model_name
+    cand = (client.get_model_version(name, version) if version is not None
+            else client.get_model_version_by_alias(name, CHALLENGER))
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champ = None
+    before = str(champ.version) if champ is not None else None
+    score = _score(cand)
+    if cand.tags.get("eval.status") != "complete" or score is None:
+        why = cand.tags.get("eval.reason", "no score")
+        promoted, reason = False, f"not promoted: evaluation failed or partial ({why})"
+    elif champ is None:
+        promoted, reason = True, f"promoted: no champion yet ({GATE_METRIC} {score:.2f})"
+    elif champ.version == cand.version:
+        promoted, reason = False, f"already champion ({GATE_METRIC} {score:.2f})"
+    elif champ.tags.get("eval.data") != cand.tags.get("eval.data"):
+        promoted, reason = False, (f"not promoted: evaluated on {cand.tags.get('eval.data')} but champion "
+                                   f"v{champ.version} on {champ.tags.get('eval.data')} (not comparable)")
+    else:
+        best = _score(champ)
+        if best is None or score >= best:
+            promoted, reason = True, f"promoted: {GATE_METRIC} {score:.2f} >= champion v{champ.version} {best}"
+        else:
+            promoted, reason = False, (f"not promoted: {GATE_METRIC} {score:.2f} < champion "
+                                       f"v{champ.version} {best:.2f}")
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, cand.version)
+    client.set_model_version_tag(name, cand.version, "promotion", "promoted" if promoted else "rejected")
+    client.set_model_version_tag(name, cand.version, "promotion.reason", reason)
+    after = str(cand.version) if promoted else before
+    return Decision(str(cand.version), promoted, reason, before, after)
+
+
+def model_versions(settings: Settings, root: str | os.PathLike = ".") -> list[dict[str, Any]]:
+    """Every registered version, newest first: version, aliases, scores, promotion decision."""
+    _, client, _ = connect(settings, Path(root).resolve())
+    name = settings.tracking.model_name
+    from mlflow.exceptions import MlflowException
+
+    try:  # search results leave aliases empty; the registered model holds alias -> version
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        return []
+    rows = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        mine = sorted(a for a, v in aliases.items() if str(v) == str(mv.version))
+        rows.append({"version": str(mv.version), "aliases": mine, "run_id": mv.run_id,
+                     "k": mv.tags.get("k"), "lambda": mv.tags.get("lambda"),
+                     GATE_METRIC: _score(mv), "eval": mv.tags.get("eval.status"),
+                     "promotion": mv.tags.get("promotion.reason")})
+    return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
+
+
+def download_model(settings: Settings, uri: str | None = None, root: str | os.PathLike = ".",
+                   dst: str | os.PathLike | None = None) -> Path:
+    """Local folder of a registered model (default ``models:/<name>@champion``)."""
+    mlflow, _, _ = connect(settings, Path(root).resolve())
+    uri = uri or f"models:/{settings.tracking.model_name}@{CHAMPION}"
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+
+
+def load_retriever(settings: Settings, uri: str | None = None, root: str | os.PathLike = ".", **kwargs):
+    """A working :class:`~puma.model.retriever.PumaRetriever` from the registry (default: the champion)."""
+    from puma.model.retriever import PumaRetriever
+
+    return PumaRetriever.from_pretrained(download_model(settings, uri, root), **kwargs)
+
+
+def decision_dict(d: Decision) -> dict[str, Any]:
+    return asdict(d)
