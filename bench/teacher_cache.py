@@ -43,6 +43,7 @@ def _pairs(n: int, image_dir: Path) -> list[dict]:
 
 def run(settings=None, batch_size: int = 16, repeats: int = 7) -> dict[str, Any]:
     from puma.config import load_settings
+    from puma.data.corpus import tokenizer_corpus
     from puma.model.prune import save_pruned
     from puma.model.tiny import save_tiny
     from puma.train.loop import ADAM_BETAS, ADAM_EPS, StepContext
@@ -54,7 +55,8 @@ def run(settings=None, batch_size: int = 16, repeats: int = 7) -> dict[str, Any]
     torch.set_num_threads(1)  # shared cores: one thread keeps both sides equally exposed to load
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base = save_tiny(tmp / "base", seed=settings.model.tiny_seed, num_layers=settings.model.depth)
+        base = save_tiny(tmp / "base", seed=settings.model.tiny_seed, num_layers=settings.model.depth,
+                          corpus=tokenizer_corpus(settings.model.tiny_seed))
         settings.model.base = str(base)
         k = settings.model.prune_layers
         pruned = save_pruned(base, k, tmp / "pruned")

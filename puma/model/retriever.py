@@ -23,7 +23,7 @@ import torch
 
 from puma.model.encoding import collate, ret_states
 from puma.model.prompts import as_item
-from puma.model.ret import RET_TOKEN
+from puma.model.tokens import RET_TOKEN
 
 PROMPT_FILE = "puma_prompt.json"
 # Sort key weight of an image in "characters": images batch together, before long texts.

@@ -13,8 +13,8 @@ from puma.config import load_settings
 from puma.data.columns import TABLE1_COLUMNS
 from puma.data.datasets import EvalView
 from puma.evaluate import evaluate_table1
-from puma.metrics import recall_at_k
 from puma.index import search_numpy
+from puma.metrics import recall_at_k
 
 NAMES = [c.name for c in TABLE1_COLUMNS]
 
