@@ -47,8 +47,8 @@ def run(settings=None, batch_size: int = 16, repeats: int = 7) -> dict[str, Any]
     from puma.model.prune import save_pruned
     from puma.model.tiny import save_tiny
     from puma.train.loop import ADAM_BETAS, ADAM_EPS, StepContext
+    from puma.train.runner import PairCollator, RetEncoder, load_lora_student
     from puma.train.stage1 import Teacher, build_teacher_cache, stage1_loss
-    from puma.train.student import PairCollator, RetEncoder, load_lora_student
     from puma.train.teacher_cache import TeacherCache, load_teacher
 
     settings = (settings or load_settings()).model_copy(deep=True)

@@ -21,7 +21,7 @@ from puma.config import Settings
 from puma.distributed import gather
 from puma.losses import alpha_schedule, distill_loss, info_nce, pretraining_loss
 from puma.train.loop import StepContext, gathered_weight
-from puma.train.student import PairBatch, as_pair, load_lora_student, run_pair_stage
+from puma.train.runner import PairBatch, as_pair, load_lora_student, run_pair_stage
 from puma.train.teacher_cache import TeacherCache, load_teacher, teacher_fingerprint, write_teacher_cache
 
 
@@ -115,8 +115,8 @@ def build_teacher_cache(
         pairs = [as_pair(dataset[i]) for i in range(len(dataset))]
         for start in range(0, len(pairs), bs):
             chunk = pairs[start : start + bs]
-            yield [q if not isinstance(q, str) else {"text": q} for q, _ in chunk], True
-            yield [p if not isinstance(p, str) else {"text": p} for _, p in chunk], False
+            yield [q for q, _ in chunk], True
+            yield [p for _, p in chunk], False
 
     return write_teacher_cache(out, teacher, processor, settings.prompt, batches(),
                                teacher_fingerprint(settings.model.base, model_dir, ret_id),
