@@ -267,8 +267,11 @@ def write_report(
     chance = json.loads(chance_path.read_text()) if chance_path.is_file() else None
     meta_path = dirs[0] / "eval_meta.json"
     note = "hit rate as in UniIR. Chance = expected Recall@k of a random ranking."
-    note = f"{k_sentence(json.loads(meta_path.read_text())['k'])}; {note}" if meta_path.is_file() else note
-    md = ["# PUMA on M-BEIR: Recall@k (%)", "", note[0].upper() + note[1:], ""]
+    if meta_path.is_file():
+        note = f"{k_sentence(json.loads(meta_path.read_text())['k'])}; {note}"
+    else:
+        note = note[0].upper() + note[1:]
+    md = ["# PUMA on M-BEIR: Recall@k (%)", "", note, ""]
     for pool in ("local", "global"):
         rows = {n: m[pool] for n, m in runs.items() if pool in m}
         if chance and pool in chance:
