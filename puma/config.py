@@ -102,6 +102,7 @@ class _StageSettings(_Section):
 
 
 class Stage1Settings(_StageSettings):
+    dataset: str = "nli"  # a name in puma.data.stage1_datasets.STAGE1_DATASETS
     alpha_mode: Literal["fixed", "dynamic", "reverse"] = "dynamic"
     distill_kind: Literal["mse", "cos", "kl"] = "mse"
     teacher: Literal["cache", "live"] = "cache"
