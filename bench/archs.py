@@ -42,9 +42,10 @@ def build_random(arch: str, dtype: torch.dtype = torch.float32, device: str = "c
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {ARCHS}")
     if arch == "tiny":
+        from puma.data.corpus import tokenizer_corpus
         from puma.model.tiny import build_tiny
 
-        model, _ = build_tiny(seed, tiny_depth)
+        model, _ = build_tiny(seed, tiny_depth, corpus=tokenizer_corpus(seed))
         model.config._attn_implementation = attn_implementation
         model = prune_layers(model, k) if k else model
         return model.to(device=device, dtype=dtype).eval()

@@ -66,9 +66,10 @@ def widened_checkpoint(out: Path, width: int) -> Path:
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
+    from puma.data.corpus import tokenizer_corpus
     from puma.model.tiny import build_tiny
 
-    model, processor = build_tiny(0)
+    model, processor = build_tiny(0, corpus=tokenizer_corpus(0))
     cfg = copy.deepcopy(model.config)
     text, vision = cfg.text_config, cfg.vision_config
     text.hidden_size *= width
@@ -107,11 +108,12 @@ def run(model: str | None = None, n: int = 256, batch_size: int = 32, workers=(0
     tmp = Path(tempfile.mkdtemp(prefix="puma-bench-embed-"))
     try:
         if model is None:
+            from puma.data.corpus import tokenizer_corpus
             from puma.model.prune import save_pruned
             from puma.model.tiny import save_tiny
 
             k = load_settings().model.prune_layers
-            base = save_tiny(tmp / "tiny") if width == 1 else widened_checkpoint(tmp / "wide", width)
+            base = save_tiny(tmp / "tiny", corpus=tokenizer_corpus(0)) if width == 1 else widened_checkpoint(tmp / "wide", width)
             model = str(save_pruned(base, k, tmp / "pruned"))
         retriever = PumaRetriever.from_pretrained(model)
         encoder = RetrieverEncoder(retriever, is_query=False)

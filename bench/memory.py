@@ -101,7 +101,7 @@ def train_step(model, batches, lora_r: int, tau: float) -> None:
 
     from bench.archs import encode
     from puma.losses import info_nce
-    from puma.train.student import LORA_TARGETS
+    from puma.train.runner import LORA_TARGETS
 
     peft_model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=LORA_TARGETS))
     peft_model.train()

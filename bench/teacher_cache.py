@@ -43,18 +43,20 @@ def _pairs(n: int, image_dir: Path) -> list[dict]:
 
 def run(settings=None, batch_size: int = 16, repeats: int = 7) -> dict[str, Any]:
     from puma.config import load_settings
+    from puma.data.corpus import tokenizer_corpus
     from puma.model.prune import save_pruned
     from puma.model.tiny import save_tiny
     from puma.train.loop import ADAM_BETAS, ADAM_EPS, StepContext
+    from puma.train.runner import PairCollator, RetEncoder, load_lora_student
     from puma.train.stage1 import Teacher, build_teacher_cache, stage1_loss
-    from puma.train.student import PairCollator, RetEncoder, load_lora_student
     from puma.train.teacher_cache import TeacherCache, load_teacher
 
     settings = (settings or load_settings()).model_copy(deep=True)
     torch.set_num_threads(1)  # shared cores: one thread keeps both sides equally exposed to load
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base = save_tiny(tmp / "base", seed=settings.model.tiny_seed, num_layers=settings.model.depth)
+        base = save_tiny(tmp / "base", seed=settings.model.tiny_seed, num_layers=settings.model.depth,
+                          corpus=tokenizer_corpus(settings.model.tiny_seed))
         settings.model.base = str(base)
         k = settings.model.prune_layers
         pruned = save_pruned(base, k, tmp / "pruned")

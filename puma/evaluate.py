@@ -54,41 +54,65 @@ def evaluate_table1(
     and pool: ranked ids, scores, positives, hit), ``instructions.jsonl`` (the seeded choice per
     query) and ``eval_meta.json``. ``settings`` is the full :class:`puma.config.Settings`.
     """
-    from puma.data.columns import GROUPS as COLUMN_GROUPS
-    from puma.data.columns import INSTRUCTIONS_FILE, TABLE1_COLUMNS
+    from puma.data.columns import TABLE1_COLUMNS
     from puma.data.datasets import EvalView
-    from puma.embed import RetrieverEncoder, embed_pool, embed_queries
-    from puma.index import search
-    from puma.io import atomic_write, file_sha256, write_json_atomic
+    from puma.embed import RetrieverEncoder
 
     say = progress or (lambda msg: None)
     root, out = Path(root), Path(out)
     columns = list(columns or TABLE1_COLUMNS)
-    ev, emb_cfg = settings.evaluate, settings.embed
+    ev = settings.evaluate
     _check_files(root, columns)
     views = [EvalView(root, col, instruction_seed=ev.instruction_seed) for col in columns]
     doc_encoder, query_encoder = RetrieverEncoder(retriever, False), RetrieverEncoder(retriever, True)
+    embed_kw = {"model_dir": model_dir, "settings": settings.embed, "num_workers": num_workers, "say": say}
+    pools = embed_pools(doc_encoder, views, root, out, **embed_kw)
+    query_embs = embed_view_queries(query_encoder, views, root, out, ev.instruction_seed, **embed_kw)
+    results = search_pools(views, pools, query_embs, ev)
+    return write_results(views, pools, results, ev, model_dir, root, out)
 
-    # 1. Every distinct local pool once (the global pool is their concatenation: no re-embedding).
+
+def embed_pools(encoder, views, root: Path, out: Path, *, model_dir, settings, num_workers: int, say) -> dict:
+    """Every distinct local pool once -> ``{pool path: EmbeddingStore}`` (the global pool is their
+    concatenation: no re-embedding). ``settings`` is the ``embed`` section."""
+    from puma.embed import embed_pool
+
     pools = {}
     for view in views:
         if view.local_pool not in pools:
             say(f"embedding pool {view.local_pool}")
             pools[view.local_pool] = embed_pool(
-                doc_encoder, view.local_pool, root, out / "embeddings" / "pools" / view.column.name,
-                model_dir=model_dir, shard_size=emb_cfg.shard_size, batch_size=emb_cfg.batch_size,
-                dtype=emb_cfg.dtype, num_workers=num_workers)
-    # 2. Queries with their seeded instructions (part of the query store's identity).
-    extra = {"instruction_seed": ev.instruction_seed, "instructions_sha256": file_sha256(root / INSTRUCTIONS_FILE)}
+                encoder, view.local_pool, root, out / "embeddings" / "pools" / view.column.name,
+                model_dir=model_dir, shard_size=settings.shard_size, batch_size=settings.batch_size,
+                dtype=settings.dtype, num_workers=num_workers)
+    return pools
+
+
+def embed_view_queries(encoder, views, root: Path, out: Path, instruction_seed: int, *, model_dir, settings,
+                       num_workers: int, say) -> list[np.ndarray]:
+    """Each view's queries with their seeded instructions (part of the query store's identity):
+    one ``(Q_c, H)`` float32 array per view."""
+    from puma.data.columns import INSTRUCTIONS_FILE
+    from puma.embed import embed_queries
+    from puma.io import file_sha256
+
+    extra = {"instruction_seed": instruction_seed, "instructions_sha256": file_sha256(root / INSTRUCTIONS_FILE)}
     query_embs = []
     for view in views:
         say(f"embedding {len(view)} queries of {view.column.name}")
-        store = embed_queries(query_encoder, root / view.column.query_file, list(zip(view.qids, view.queries)),
+        store = embed_queries(encoder, root / view.column.query_file, list(zip(view.qids, view.queries)),
                               out / "embeddings" / "queries" / view.column.name, model_dir=model_dir, extra=extra,
-                              batch_size=emb_cfg.batch_size, shard_size=emb_cfg.shard_size,
+                              batch_size=settings.batch_size, shard_size=settings.shard_size,
                               num_workers=num_workers)
         query_embs.append(store.load()[0])  # (Q_c, H) float32
-    # 3. Search: local per column; global once for all queries together (one pass over the big pool).
+    return query_embs
+
+
+def search_pools(views, pools: dict, query_embs: list[np.ndarray], ev) -> dict[str, list]:
+    """``{pool setting: [SearchResult per view]}``: local per column; global once for all queries
+    together (one pass over the big pool). ``ev`` is the ``evaluate`` section."""
+    from puma.index import search
+
     top = ev.top_k_saved
     results: dict[str, list] = {}
     if "local" in ev.pools:
@@ -97,7 +121,15 @@ def evaluate_table1(
         res = search(np.concatenate(query_embs), (sh for st in pools.values() for sh in st.shards()), top)
         bounds = np.cumsum([0] + [len(q) for q in query_embs])
         results["global"] = [_slice(res, lo, hi) for lo, hi in pairwise(bounds)]
-    # 4. Metrics, chance level (EvalView checked that every positive is in the local pool), records.
+    return results
+
+
+def write_results(views, pools: dict, results: dict[str, list], ev, model_dir, root: Path, out: Path) -> dict:
+    """Metrics, chance level (EvalView checked that every positive is in the local pool) and the
+    per-query records; writes them and ``eval_meta.json``, ``metrics.json`` last. Returns the metrics."""
+    from puma.data.columns import GROUPS as COLUMN_GROUPS
+    from puma.io import atomic_write, write_json_atomic
+
     global_size = sum(st.manifest["count"] for st in pools.values())
     recalls: dict[str, dict[str, float]] = {p: {} for p in results}
     chance: dict[str, dict[str, float]] = {p: {} for p in results}

@@ -10,7 +10,8 @@ from collections.abc import Collection, Mapping, Sequence
 
 from puma.data.columns import GROUP_NAMES
 
-SUMMARY_KEYS = ("avg", *GROUP_NAMES)  # the non-column keys of one pool table in metrics.json
+AVG_KEY = "avg"  # the plain mean over the columns
+SUMMARY_KEYS = (AVG_KEY, *GROUP_NAMES)  # the non-column keys of one pool table in metrics.json
 
 
 def recall_at_k(retrieved: Sequence[Sequence[str]], relevant: Sequence[Collection[str]], k: int) -> float:
@@ -55,7 +56,7 @@ def summarise(recalls: Mapping[str, float], groups: Mapping[str, str]) -> dict[s
     """
     out = {col: round(100.0 * val, 2) for col, val in recalls.items()}
     if recalls:
-        out["avg"] = round(100.0 * sum(recalls.values()) / len(recalls), 2)
+        out[AVG_KEY] = round(100.0 * sum(recalls.values()) / len(recalls), 2)
     for group in GROUP_NAMES:
         members = [recalls[c] for c in recalls if groups.get(c) == group]
         if members:

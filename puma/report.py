@@ -21,11 +21,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from puma.data.columns import TABLE1_COLUMNS, TASKS
+from puma.data.columns import GROUP_NAMES, TABLE1_COLUMNS, TASKS
 from puma.io import atomic_write
+from puma.metrics import AVG_KEY
 
 ARROW = {"text": "t", "image": "i", "image,text": "(i,t)"}
-SUMMARY_KEYS = ("single", "mixed", "multi", "avg")
+TABLE_KEYS = (*GROUP_NAMES, AVG_KEY)  # the summary keys of metrics.json in Table 1's order
 
 
 def task_label(task_id: int) -> str:
@@ -34,14 +35,49 @@ def task_label(task_id: int) -> str:
     return f"{ARROW[q]}→{ARROW[c]}"
 
 
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def k_sentence(k: Mapping[str, int]) -> str:
+    """The cut-offs an evaluation used (``eval_meta.json``'s ``k``: column -> k) as one phrase.
+
+    The most common k is "otherwise"; the others name a dataset when all of its evaluated columns
+    share that k, else the columns, e.g. ``k = 10 for Fashion200K and FashionIQ, 5 otherwise``.
+    """
+    from collections import Counter
+
+    from puma.data.columns import COLUMNS_BY_NAME
+
+    counts = Counter(k.values())
+    if len(counts) <= 1:
+        return f"k = {next(iter(counts), '?')} for every column"
+    common = counts.most_common(1)[0][0]
+    parts = []
+    for value in sorted(counts, reverse=True):
+        if value == common:
+            continue
+        cols = [c for c, v in k.items() if v == value]
+        names = []
+        for c in cols:
+            ds = COLUMNS_BY_NAME[c].dataset if c in COLUMNS_BY_NAME else None
+            whole = ds is not None and all(k[o] == value for o in k if COLUMNS_BY_NAME.get(o) and
+                                           COLUMNS_BY_NAME[o].dataset == ds)
+            name = ds if whole else c
+            if name not in names:
+                names.append(name)
+        parts.append(f"{value} for {_join(names)}")
+    return f"k = {', '.join(parts)}, {common} otherwise"
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
 def table1_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown table: one row per run name, the 16 columns in paper order, group means and Avg."""
-    head = [f"{c.dataset} {task_label(c.task_id)}" for c in TABLE1_COLUMNS] + ["Single", "Mixed", "Multi", "Avg"]
-    keys = [c.name for c in TABLE1_COLUMNS] + list(SUMMARY_KEYS)
+    head = [f"{c.dataset} {task_label(c.task_id)}" for c in TABLE1_COLUMNS] + [k.capitalize() for k in TABLE_KEYS]
+    keys = [c.name for c in TABLE1_COLUMNS] + list(TABLE_KEYS)
     lines = ["| run | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for name, vals in rows.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |")
@@ -80,11 +116,11 @@ def write_plots(runs: Mapping[str, Mapping[str, Mapping[str, float]]], plots_dir
     first = next(iter(runs.values()))
     per_col = [[c.name, first.get("local", {}).get(c.name), first.get("global", {}).get(c.name)]
                for c in TABLE1_COLUMNS]
-    summary = [[name, pool, *(m.get(pool, {}).get(k) for k in SUMMARY_KEYS)]
+    summary = [[name, pool, *(m.get(pool, {}).get(k) for k in TABLE_KEYS)]
                for name, m in runs.items() for pool in ("local", "global") if pool in m]
     paths = [plots_dir / "recall_by_column.csv", plots_dir / "runs.csv"]
     _write_csv(paths[0], ["column", "local", "global"], per_col)
-    _write_csv(paths[1], ["run", "pool", *SUMMARY_KEYS], summary)
+    _write_csv(paths[1], ["run", "pool", *TABLE_KEYS], summary)
     return paths
 
 
@@ -229,9 +265,13 @@ def write_report(
         runs[name] = json.loads(path.read_text())
     chance_path = dirs[0] / "chance.json"
     chance = json.loads(chance_path.read_text()) if chance_path.is_file() else None
-    md = ["# PUMA on M-BEIR: Recall@k (%)", "",
-          ("k = 10 for Fashion200K and FashionIQ, 5 otherwise; hit rate as in UniIR. "
-           "Chance = expected Recall@k of a random ranking."), ""]
+    meta_path = dirs[0] / "eval_meta.json"
+    note = "hit rate as in UniIR. Chance = expected Recall@k of a random ranking."
+    if meta_path.is_file():
+        note = f"{k_sentence(json.loads(meta_path.read_text())['k'])}; {note}"
+    else:
+        note = note[0].upper() + note[1:]
+    md = ["# PUMA on M-BEIR: Recall@k (%)", "", note, ""]
     for pool in ("local", "global"):
         rows = {n: m[pool] for n, m in runs.items() if pool in m}
         if chance and pool in chance:
@@ -241,11 +281,11 @@ def write_report(
     if len(runs) > 1:
         base_name, base = next(iter(runs.items()))
         md += [f"## Comparison (difference to `{base_name}`)", "", "| run | pool | " +
-               " | ".join(SUMMARY_KEYS) + " |", "|---|---|" + "---:|" * len(SUMMARY_KEYS)]
+               " | ".join(TABLE_KEYS) + " |", "|---|---|" + "---:|" * len(TABLE_KEYS)]
         for name, m in list(runs.items())[1:]:
             for pool in ("local", "global"):
                 if pool in m and pool in base:
-                    deltas = [m[pool].get(k, 0.0) - base[pool].get(k, 0.0) for k in SUMMARY_KEYS]
+                    deltas = [m[pool].get(k, 0.0) - base[pool].get(k, 0.0) for k in TABLE_KEYS]
                     md.append(f"| {name} | {pool} | " + " | ".join(f"{d:+.1f}" for d in deltas) + " |")
         md.append("")
     first = next(iter(runs.values()))

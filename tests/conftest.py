@@ -13,9 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """Path to a tiny random Qwen2-VL checkpoint (8 layers, seed 0) with tokenizer and processor."""
+    from puma.data.corpus import tokenizer_corpus
     from puma.model.tiny import save_tiny
 
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "tiny", seed=0)
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "tiny", seed=0, corpus=tokenizer_corpus(0))
 
 
 @pytest.fixture(scope="session")

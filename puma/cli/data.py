@@ -11,6 +11,15 @@ from puma.cli.common import settings_or_exit as _settings
 app = typer.Typer(no_args_is_help=True)
 
 
+def _stage1_dataset(what: str):
+    """The registered stage-1 dataset ``what`` (puma.data.stage1_datasets), else a usage error."""
+    from puma.data.stage1_datasets import STAGE1_DATASETS
+
+    if what not in STAGE1_DATASETS:
+        raise typer.BadParameter(f"expected mbeir or one of {', '.join(STAGE1_DATASETS)}, got {what!r}")
+    return STAGE1_DATASETS[what]
+
+
 @app.command("synth")
 def synth(
     out: Path = typer.Option(None, "--out", help="dataset root to write (default: data.root)"),
@@ -90,25 +99,24 @@ def stats_cmd(
 
 @app.command("download")
 def download_cmd(
-    what: str = typer.Argument(..., help="mbeir | nli"),
-    out: Path = typer.Option(None, "--out", help="M-BEIR root / NLI csv path (default: data.root / data.nli_path)"),
+    what: str = typer.Argument(..., help="mbeir | a stage-1 dataset (nli)"),
+    out: Path = typer.Option(None, "--out", help="M-BEIR root / dataset file (default: data.root / its params path)"),
     split: list[str] = typer.Option(None, "--split", help="M-BEIR split(s) to fetch (default: data.download_splits)"),
     images: bool = typer.Option(None, "--images/--no-images", help="fetch, join and extract the ~170 GB image "
                                                                   "archive (default: data.download_images)"),
     params: str = typer.Option("params.yaml", "--params", help="params file"),
 ) -> None:
     """Download M-BEIR (TIGER-Lab/M-BEIR) or SimCSE NLI from the Hugging Face hub; resumable, verified."""
-    from puma.data.download import DownloadError, download_mbeir, download_nli
+    from puma.data.download import DownloadError, download_mbeir
 
     s = _settings(params).data
     try:
         if what == "mbeir":
             path = download_mbeir(out or s.root, split or s.download_splits,
                                   s.download_images if images is None else images, log=typer.echo)
-        elif what == "nli":
-            path = download_nli(out or s.nli_path, log=typer.echo)
         else:
-            raise typer.BadParameter(f"expected mbeir or nli, got {what!r}")
+            spec = _stage1_dataset(what)
+            path = spec.download(out or spec.path(s), typer.echo)
     except DownloadError as e:
         typer.echo(f"download failed: {e}", err=True)
         raise typer.Exit(1) from None
@@ -117,34 +125,32 @@ def download_cmd(
 
 @app.command("prepare")
 def prepare_cmd(
-    what: str = typer.Argument(..., help="mbeir | nli"),
-    out: Path = typer.Option(None, "--out", help="M-BEIR root / NLI csv (default: data.root / data.nli_path)"),
+    what: str = typer.Argument(..., help="mbeir | a stage-1 dataset (nli)"),
+    out: Path = typer.Option(None, "--out", help="M-BEIR root / dataset file (default: data.root / its params path)"),
     params: str = typer.Option("params.yaml", "--params", help="params file"),
 ) -> None:
     """Make the data a run needs, by data.source: synth -> generate it, hub -> download it; then validate."""
-    from puma.data.download import DownloadError, download_mbeir, download_nli
-    from puma.data.synth import synth_mbeir, synth_nli
+    from puma.data.download import DownloadError, download_mbeir
+    from puma.data.synth import synth_mbeir
     from puma.data.validate import validate
 
     s = _settings(params).data
-    if what not in ("mbeir", "nli"):
-        raise typer.BadParameter(f"expected mbeir or nli, got {what!r}")
-    target = out or (s.root if what == "mbeir" else s.nli_path)
+    spec = None if what == "mbeir" else _stage1_dataset(what)
+    target = out or (s.root if spec is None else spec.path(s))
     try:
-        if s.source == "synth":
-            if what == "mbeir":
-                synth_mbeir(target, seed=s.synth_seed, scale=s.synth_scale)
-            else:
-                synth_nli(target, rows=s.nli_rows, seed=s.synth_seed)
-        elif what == "mbeir":
-            download_mbeir(target, s.download_splits, s.download_images, log=typer.echo)
+        if spec is not None and s.source == "synth":
+            spec.synth(target, s)
+        elif spec is not None:
+            spec.download(target, typer.echo)
+        elif s.source == "synth":
+            synth_mbeir(target, seed=s.synth_seed, scale=s.synth_scale)
         else:
-            download_nli(target, log=typer.echo)
+            download_mbeir(target, s.download_splits, s.download_images, log=typer.echo)
     except DownloadError as e:
         typer.echo(f"download failed: {e}", err=True)
         raise typer.Exit(1) from None
     # Image pixels are checked by `puma data validate`; here only that they exist (cheap on real M-BEIR).
-    problems, counts = validate(target, check_images=False)
+    problems, counts = validate(target, check_images=False) if spec is None else spec.check(target)
     for p in problems[:50]:
         typer.echo(str(p), err=True)
     if problems:

@@ -18,9 +18,10 @@ def tiny(
     layers: int = typer.Option(8, "--layers", help="decoder layers of the tiny model"),
 ) -> None:
     """Write the tiny random Qwen2-VL (safetensors + tokenizer with [RET] + processor) to OUT."""
+    from puma.data.corpus import tokenizer_corpus
     from puma.model.tiny import save_tiny
 
-    path = save_tiny(out, seed=seed, num_layers=layers)
+    path = save_tiny(out, seed=seed, num_layers=layers, corpus=tokenizer_corpus(seed))
     typer.echo(f"wrote tiny Qwen2-VL ({layers} layers, seed {seed}) to {path}")
 
 

@@ -82,6 +82,7 @@ def evaluate(
     from puma.data.schema import DataError
     from puma.embed import EmbeddingError
     from puma.evaluate import evaluate_table1
+    from puma.metrics import SUMMARY_KEYS
 
     s = _settings(params)
     try:
@@ -97,8 +98,7 @@ def evaluate(
     except (DataError, EmbeddingError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(json.dumps({p: {k: metrics[p][k] for k in ("avg", "single", "mixed", "multi") if k in metrics[p]}
-                           for p in metrics}))
+    typer.echo(json.dumps({p: {k: metrics[p][k] for k in SUMMARY_KEYS if k in metrics[p]} for p in metrics}))
     typer.echo(f"wrote {out / 'metrics.json'}")
 
 

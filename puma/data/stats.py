@@ -6,6 +6,7 @@ computed per query from its number of positives, so a trained retriever's number
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from puma.data.columns import TABLE1_COLUMNS
@@ -14,16 +15,12 @@ from puma.data.schema import iter_candidates
 from puma.metrics import chance_recall_at_k
 
 
-def dataset_stats(root: str | Path, k_for=None) -> dict:
+def dataset_stats(root: str | Path, k_for: Callable[[str], int]) -> dict:
     """``{"columns": [ {column, group, queries, local_pool, positives_per_query, k, chance_local@5,
     chance_local@10, chance_local@k, chance_global@5, chance_global@10}, ...], "global_pool": N}``.
 
-    ``k_for``: column name -> k (``Settings.evaluate.k_for``); default Recall@5 (10 for the fashion columns).
+    ``k_for``: column name -> k (the CLI passes ``Settings.evaluate.k_for``).
     """
-    if k_for is None:
-        from puma.config import EvaluateSettings
-
-        k_for = EvaluateSettings().k_for
     rows = []
     global_size = None
     for col in TABLE1_COLUMNS:

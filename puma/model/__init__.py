@@ -11,7 +11,7 @@ _EXPORTS = {
     "count_params": "puma.model.prune",
     "ensure_ret_token": "puma.model.ret",
     "ret_positions": "puma.model.ret",
-    "RET_TOKEN": "puma.model.ret",
+    "RET_TOKEN": "puma.model.tokens",
     "build_messages": "puma.model.prompts",
     "render_prompt": "puma.model.prompts",
     "collate": "puma.model.encoding",

@@ -17,7 +17,8 @@ from transformers import BatchFeature
 
 from puma.model.prompts import as_item, render_prompt
 from puma.model.prune import qwen2vl_model
-from puma.model.ret import RET_TOKEN, ret_positions
+from puma.model.ret import ret_positions
+from puma.model.tokens import RET_TOKEN
 
 # Keys of a collated batch that Qwen2VLModel.forward takes (ret_positions is ours).
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")

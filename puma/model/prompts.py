@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from puma.model.ret import RET_TOKEN
+from puma.model.tokens import RET_TOKEN
 
 Item = dict[str, Any]  # {"text": str | None, "image": str | Path | PIL.Image | None, "instruction": str | None}
 

@@ -21,7 +21,8 @@ import torch
 from transformers import Qwen2VLConfig, Qwen2VLModel
 
 from puma.io import file_sha256
-from puma.model.ret import RET_TOKEN, ensure_ret_token
+from puma.model.ret import ensure_ret_token
+from puma.model.tokens import RET_TOKEN
 
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from puma.model.tiny import RET_TOKEN
+from puma.model.tokens import RET_TOKEN
 
 __all__ = ["RET_TOKEN", "ensure_ret_token", "init_ret_row", "ret_positions"]
 

@@ -23,7 +23,7 @@ import torch
 
 from puma.model.encoding import collate, length_key, ret_states
 from puma.model.prompts import as_item
-from puma.model.ret import RET_TOKEN
+from puma.model.tokens import RET_TOKEN
 
 PROMPT_FILE = "puma_prompt.json"
 

@@ -2,20 +2,24 @@
 
 Real ``Qwen2VLForConditionalGeneration`` architecture (M-RoPE text decoder, 2-block vision tower
 with patch merger) at toy width, so every code path that runs on Qwen2-VL-2B/7B runs here in
-milliseconds on a CPU. Deterministic for a seed: two builds with the same seed write the same bytes.
+milliseconds on a CPU. Deterministic: two builds with the same seed and corpus write the same bytes.
+
+The tokenizer is trained on a corpus the caller passes (``puma model tiny`` gives it
+:func:`puma.data.corpus.tokenizer_corpus`), so nothing in ``puma.model`` depends on the data package.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from puma.model.processor import QWEN2VL_CHAT_TEMPLATE, PumaQwen2VLProcessor, _image_processor_class
+from puma.model.tokens import RET_TOKEN
 
-RET_TOKEN = "[RET]"
 # Qwen2-VL's special tokens (same strings as the hub tokenizer), plus PUMA's retrieval token.
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -52,11 +56,9 @@ TINY_MIN_PIXELS = 4 * 28 * 28
 TINY_MAX_PIXELS = 16 * 28 * 28
 
 
-def train_tokenizer(seed: int = 0, vocab_size: int = 2048) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained offline on project-like text, with Qwen2-VL specials and ``[RET]``."""
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained offline on ``corpus`` (project-like text), with Qwen2-VL specials and ``[RET]``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from puma.data.corpus import tokenizer_corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -67,7 +69,7 @@ def train_tokenizer(seed: int = 0, vocab_size: int = 2048) -> PreTrainedTokenize
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -94,9 +96,10 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, num_layers: int = 8) -> Qwen
     return Qwen2VLConfig(text_config=text, vision_config=TINY_VISION, tie_word_embeddings=False, **ids)
 
 
-def build_tiny(seed: int = 0, num_layers: int = 8):
-    """Return ``(model, processor)``: a random tiny Qwen2-VL and its processor, deterministic for ``seed``."""
-    tokenizer = train_tokenizer(seed)
+def build_tiny(seed: int = 0, num_layers: int = 8, *, corpus: Iterable[str]):
+    """Return ``(model, processor)``: a random tiny Qwen2-VL and its processor (tokenizer trained on
+    ``corpus``), deterministic for ``seed`` and ``corpus``."""
+    tokenizer = train_tokenizer(corpus)
     config = tiny_config(tokenizer, num_layers)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
@@ -108,12 +111,12 @@ def build_tiny(seed: int = 0, num_layers: int = 8):
     return model, processor
 
 
-def save_tiny(out: str | os.PathLike, seed: int = 0, num_layers: int = 8) -> Path:
+def save_tiny(out: str | os.PathLike, seed: int = 0, num_layers: int = 8, *, corpus: Iterable[str]) -> Path:
     """Write the tiny checkpoint (safetensors + config + tokenizer + processor) to ``out`` atomically."""
     from puma.io import atomic_dir
 
     out = Path(out)
-    model, processor = build_tiny(seed, num_layers)
+    model, processor = build_tiny(seed, num_layers, corpus=corpus)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -8,7 +8,7 @@ Layout of one checkpoint ``OUT/checkpoints/step-000120/``::
     scheduler.json          lr scheduler state_dict
     rng-rank<r>.safetensors torch CPU (+ CUDA) generator states of rank r
     rng-rank<r>.json        python and numpy generator states of rank r
-    state.json              TrainState: epoch, step within the epoch, global step, extras
+    state.json              TrainState: epoch, step within the epoch, global step
 
 The directory is written under a temporary name and renamed into place, so a run killed at any
 moment (``kill -9``) leaves either the previous checkpoint or the new one, never a partial one.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,6 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _barrier() -> None:

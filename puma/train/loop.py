@@ -300,7 +300,7 @@ def tracked_params(settings: Settings) -> dict[str, Any]:
     return {k: v for k, v in settings.flat().items() if not k.startswith(("evaluate.", "embed."))}
 
 
-def summarize(result: TrainResult) -> dict[str, Any]:
+def run_summary(result: TrainResult) -> dict[str, Any]:
     """Steps and the mean loss over the first and the last tenth of this run's steps."""
     hist = result.history
     tenth = max(1, len(hist) // 10)
@@ -331,8 +331,8 @@ __all__ = [
     "epoch_batches",
     "gathered_weight",
     "make_accelerator",
+    "run_summary",
     "run_training",
     "seed_everything",
-    "summarize",
     "tracked_params",
 ]

@@ -1,4 +1,4 @@
-"""Stage 1: layer-pruned self-distillation (paper section 4.2) on query/positive pairs (NLI).
+"""Stage 1: layer-pruned self-distillation (paper section 4.2) on query/positive pairs (``stage1.dataset``, NLI).
 
 The student is the pruned checkpoint with a new LoRA adapter; the teacher is the frozen full-depth
 base on the same inputs, live or read from the teacher cache (``stage1.teacher``). Per step (Eq. 4)::
@@ -22,15 +22,16 @@ from puma.config import Settings
 from puma.distributed import gather
 from puma.losses import alpha_schedule, distill_loss, info_nce, pretraining_loss
 from puma.train.loop import StepContext, StepLoggerFactory, gathered_weight
-from puma.train.student import PairBatch, as_pair, load_lora_student, run_pair_stage
+from puma.train.runner import PairBatch, as_pair, load_lora_student, run_pair_stage
 from puma.train.teacher_cache import TeacherCache, load_teacher, teacher_fingerprint, write_teacher_cache
 
 
-def nli_dataset(settings: Settings):
-    """The stage-1 training pairs (``data.nli_path``), from the data package."""
-    from puma.data.datasets import NLIPairs
+def stage1_pairs(settings: Settings):
+    """The stage-1 training pairs: the registered dataset ``stage1.dataset`` (default NLI, ``data.nli_path``)."""
+    from puma.data.stage1_datasets import stage1_dataset
 
-    return NLIPairs(settings.data.nli_path)
+    spec = stage1_dataset(settings.stage1.dataset)
+    return spec.load(spec.path(settings.data))
 
 
 class Teacher:
@@ -91,7 +92,7 @@ def train_stage1(
     seed_everything(settings.seed)  # LoRA initialisation
     peft_model, processor, ret_id = load_lora_student(model_dir, settings, cfg)
     teacher = _teacher(settings, model_dir, ret_id, Path(cache_dir) if cache_dir else None)
-    dataset = nli_dataset(settings) if dataset is None else dataset
+    dataset = stage1_pairs(settings) if dataset is None else dataset
     if teacher.model is not None:
         teacher.model.to("cuda" if torch.cuda.is_available() else "cpu")
     record = {"teacher": cfg.teacher, "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind}
@@ -112,15 +113,15 @@ def build_teacher_cache(
     ret_id = processor.tokenizer.convert_tokens_to_ids(settings.model.ret_token)
     teacher = load_teacher(settings.model.base, model_dir, ret_id, getattr(torch, settings.model.dtype))
     teacher.to("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = nli_dataset(settings) if dataset is None else dataset
+    dataset = stage1_pairs(settings) if dataset is None else dataset
     bs = batch_size or settings.embed.batch_size
 
     def batches():
         pairs = [as_pair(dataset[i]) for i in range(len(dataset))]
         for start in range(0, len(pairs), bs):
             chunk = pairs[start : start + bs]
-            yield [q if not isinstance(q, str) else {"text": q} for q, _ in chunk], True
-            yield [p if not isinstance(p, str) else {"text": p} for _, p in chunk], False
+            yield [q for q, _ in chunk], True
+            yield [p for _, p in chunk], False
 
     return write_teacher_cache(out, teacher, processor, settings.prompt, batches(),
                                teacher_fingerprint(settings.model.base, model_dir, ret_id),

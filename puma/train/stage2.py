@@ -22,7 +22,7 @@ from puma.config import Settings
 from puma.distributed import gather
 from puma.losses import info_nce, mac_loss, modality_ids, tau_hard_schedule
 from puma.train.loop import StepContext, StepLoggerFactory, gathered_weight
-from puma.train.student import PairBatch, load_lora_student, run_pair_stage
+from puma.train.runner import PairBatch, load_lora_student, run_pair_stage
 
 
 def mbeir_dataset(settings: Settings):

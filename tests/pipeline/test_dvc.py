@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The library modules each stage's command runs (its CLI module is a dep too, not followed: the CLI
 # modules import lazily inside every command of their group).
 STAGE_ENTRIES = {
-    "tiny": ["puma/model/tiny.py"],
+    "tiny": ["puma/model/tiny.py", "puma/data/corpus.py"],  # the CLI passes the corpus to the builder
     "mbeir": ["puma/data/synth.py"],
     "nli": ["puma/data/synth.py"],
     "prune": ["puma/model/prune.py"],

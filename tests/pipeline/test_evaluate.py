@@ -113,5 +113,6 @@ def test_report_from_the_evaluation(evaluated, mbeir_mini, tmp_path):
     path = write_report([out, out], tmp_path / "rep", names=["a", "b"], examples=examples)
     text = path.read_text()
     assert "| chance |" in text and "Comparison" in text and "VisualNews t→i" in text
+    assert "k = 10 for Fashion200K and FashionIQ, 5 otherwise; hit rate" in text  # from eval_meta.json
     assert (tmp_path / "rep" / "plots" / "recall_by_column.csv").read_text().count("\n") == 17
     assert "data:image/jpeg;base64" in (tmp_path / "rep" / "examples.html").read_text()

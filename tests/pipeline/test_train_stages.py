@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from puma.config import Settings
 from puma.train.loop import StepContext
+from puma.train.runner import PairCollator, RetEncoder, load_lora_student
 from puma.train.stage1 import Teacher, build_teacher_cache, stage1_loss, train_stage1
 from puma.train.stage2 import train_stage2
-from puma.train.student import PairCollator, RetEncoder, load_lora_student
 from puma.train.teacher_cache import TeacherCache, load_teacher, teacher_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,11 +1,14 @@
-"""What both stages share about the model: LoRA on a checkpoint, the [RET] encoder, pairs, the final save.
+"""The shared stage runner: what both training stages do besides their loss.
+
+LoRA on a checkpoint, the [RET] encoder, pair batches, the training run and the final merged save.
 
 - :func:`load_lora_student` puts a fresh LoRA adapter (peft) on the decoder's q/k/v/o/gate/up/down
   projections of a standalone checkpoint, and makes the ``[RET]`` embedding row trainable (peft
   ``trainable_token_indices``) or leaves it frozen (``model.ret_trainable``).
 - :class:`RetEncoder` is the module the trainer optimises: ``forward(batch) -> [B, H]`` ``[RET]`` states,
   so accelerate/DDP see one ordinary module with one forward per step.
-- :class:`PairCollator` turns dataset examples (query item, positive item) into one joined batch.
+- :class:`PairCollator` turns dataset examples (``{"query": item, "positive": item}``) into one joined batch.
+- :func:`run_pair_stage` runs one stage (:func:`puma.train.loop.run_training`) and saves its model.
 - :func:`save_merged` merges the adapter and writes a standalone retriever checkpoint.
 """
 
@@ -75,25 +78,14 @@ def candidate_modality(item: dict) -> str:
     return modality_of(bool(item.get("text")), item.get("image") is not None)
 
 
-def as_pair(example: Any) -> tuple[Any, Any]:
-    """``(query item, positive item)`` from a dataset example: a dict with ``query`` and ``positive``
-    (or ``pos`` / ``candidate``), or a ``(query, positive, ...)`` tuple."""
-    if isinstance(example, dict):
-        for key in ("positive", "pos", "candidate"):
-            if "query" in example and key in example:
-                return example["query"], example[key]
-        raise KeyError(f"training example has keys {sorted(example)}; expected 'query' and 'positive'")
-    if isinstance(example, (tuple, list)) and len(example) >= 2:
-        return example[0], example[1]
-    raise TypeError(f"training example must be a dict or a (query, positive) tuple, got {type(example).__name__}")
-
-
-def _field(example: Any, key: str) -> Any:
-    return example.get(key) if isinstance(example, dict) else None
-
-
-def _as_dict(item: Any) -> dict:
-    return {"text": item} if isinstance(item, str) else dict(item)
+def as_pair(example: dict) -> tuple[dict, dict]:
+    """``(query item, positive item)`` of a training example ``{"query": item, "positive": item, ...}``
+    (what :class:`puma.data.datasets.NLIPairs` and :class:`puma.data.datasets.MBEIRTrain` give)."""
+    try:
+        return example["query"], example["positive"]
+    except (KeyError, TypeError):
+        keys = sorted(example) if isinstance(example, dict) else type(example).__name__
+        raise KeyError(f"training example has keys {keys}; expected 'query' and 'positive'") from None
 
 
 @dataclass
@@ -117,15 +109,15 @@ class PairCollator:
         self.pad_id = processor.tokenizer.pad_token_id
         self.vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
 
-    def __call__(self, examples: list) -> PairBatch:
+    def __call__(self, examples: list[dict]) -> PairBatch:
         pairs = [as_pair(e) for e in examples]
-        queries = [_as_dict(q) for q, _ in pairs]
-        positives = [_as_dict(p) for _, p in pairs]
+        queries = [dict(q) for q, _ in pairs]
+        positives = [dict(p) for _, p in pairs]
         q = collate(self.processor, queries, True, self.prompt, self.ret_token)
         c = collate(self.processor, positives, False, self.prompt, self.ret_token)
         inputs = concat_batches(q, c, self.pad_id)
-        cand = [_field(e, "cand_modality") or candidate_modality(p) for e, p in zip(examples, positives)]
-        target = [_field(e, "query_target_modality") or m for e, m in zip(examples, cand)]
+        cand = [e.get("cand_modality") or candidate_modality(p) for e, p in zip(examples, positives)]
+        target = [e.get("query_target_modality") or m for e, m in zip(examples, cand)]
         return PairBatch(inputs, len(pairs), row_keys(inputs, self.vision_start), target, cand)
 
 
@@ -135,10 +127,10 @@ def run_pair_stage(name: str, settings, cfg, peft_model, processor, dataset, com
     """Train ``peft_model`` on (query, positive) pairs with ``compute_loss``, then merge and save ``OUT/model``.
 
     ``cfg`` is the stage's params section; ``record`` goes into ``config.json["puma"][name]`` with the
-    number of steps. Returns the run summary (:func:`puma.train.loop.summarize`).
+    number of steps. Returns the run summary (:func:`puma.train.loop.run_summary`).
     """
     from puma import distributed
-    from puma.train.loop import StageSpec, run_training, summarize, tracked_params
+    from puma.train.loop import StageSpec, run_summary, run_training, tracked_params
 
     spec = StageSpec(
         name=name, model=RetEncoder(peft_model), dataset=dataset,
@@ -151,7 +143,7 @@ def run_pair_stage(name: str, settings, cfg, peft_model, processor, dataset, com
     if distributed.rank() == 0:
         save_merged(result.model.model, processor, settings, Path(out) / "model",
                     {name: {"steps": result.state.global_step, **record}})
-    return summarize(result)
+    return run_summary(result)
 
 
 def save_merged(model, processor, settings, out: str | Path, record: dict[str, Any]) -> Path:
