@@ -7,7 +7,6 @@ import ast
 from pathlib import Path
 
 import networkx as nx
-import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "puma"
 FORBIDDEN = ("mlflow", "prefect", "dvc")
