@@ -20,6 +20,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+from puma.data.columns import DATASET_IDS, TASKS, task_of
+from puma.io import write_jsonl_atomic
+
 MODALITIES = ("text", "image", "image,text")
 ID_RE = re.compile(r"^(\d+):(\d+)$")
 
@@ -29,8 +32,8 @@ def modality_of(has_text: bool, has_image: bool) -> str:
     return "image,text" if has_text and has_image else "image" if has_image else "text"
 
 
-KNOWN_DATASET_IDS = frozenset(range(10))
-KNOWN_TASK_IDS = frozenset({0, 1, 2, 3, 4, 6, 7, 8})
+KNOWN_DATASET_IDS = frozenset(DATASET_IDS.values())
+KNOWN_TASK_IDS = frozenset(TASKS)
 
 
 class DataError(ValueError):
@@ -354,14 +357,5 @@ def candidate_item(cand: Candidate, root: str | Path) -> dict:
 
 
 def write_jsonl(path: str | Path, records) -> None:
-    """Write records (dataclasses with ``to_json`` or dicts) as jsonl, atomically (temp file + replace)."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            obj = rec.to_json() if hasattr(rec, "to_json") else rec
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """Write records (dataclasses with ``to_json`` or dicts) as jsonl, atomically."""
+    write_jsonl_atomic(path, (rec.to_json() if hasattr(rec, "to_json") else rec for rec in records))
