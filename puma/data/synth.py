@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from puma.data import vocab
 from puma.data.columns import (
@@ -169,6 +169,11 @@ def _fill(color: str, texture: str, shade: int, size: int) -> Image.Image:
     return img
 
 
+@functools.cache
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
 def render(scene: Scene, background: tuple[int, int, int], size: int = IMAGE_SIZE) -> Image.Image:
     """Draw a scene as an RGB ``size`` x ``size`` image (pure function of its arguments)."""
     cx, cy = _CENTERS[scene.position]
@@ -176,22 +181,25 @@ def render(scene: Scene, background: tuple[int, int, int], size: int = IMAGE_SIZ
     r = _RADIUS[scene.size] * size
     mask = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(mask)
+    polys = []
     if scene.shape in ("circle", "ring"):
         d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
         if scene.shape == "ring":
             d.ellipse((cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r), fill=0)
     else:
-        for poly in _POLYGONS[scene.shape]:
-            d.polygon([(round(cx + x * r, 2), round(cy + y * r, 2)) for x, y in poly], fill=255)
+        polys = [[(round(cx + x * r, 2), round(cy + y * r, 2)) for x, y in poly] for poly in _POLYGONS[scene.shape]]
+        for poly in polys:
+            d.polygon(poly, fill=255)
     img = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(img)
     if scene.kind == "emblem":  # a badge framed in the emblem's frame colour
-        ImageDraw.Draw(img).rectangle((1, 1, size - 2, size - 2), outline=vocab.RGB[scene.trim], width=4)
-    if scene.trim != "none" and scene.kind == "garment":  # trim: a 2-pixel outline of the silhouette
-        img.paste(vocab.RGB[scene.trim], mask=mask)
-        mask = mask.filter(ImageFilter.MinFilter(5))
+        draw.rectangle((1, 1, size - 2, size - 2), outline=vocab.RGB[scene.trim], width=4)
     img.paste(_fill(scene.color, scene.texture, scene.shade, size), mask=mask)
+    if scene.kind == "garment" and scene.trim != "none":  # trim: a 2-pixel outline of the silhouette
+        for poly in polys:
+            draw.polygon(poly, outline=vocab.RGB[scene.trim], width=2)
     if scene.label:
-        ImageDraw.Draw(img).text((5, size - 16), scene.label, fill=(0, 0, 0), font=ImageFont.load_default())
+        draw.text((5, size - 16), scene.label, fill=(0, 0, 0), font=_font())
     return img
 
 

@@ -85,7 +85,7 @@ def all_scenes(kind: str) -> list[Scene]:
 
 def jitter(rng: random.Random, scene: Scene, px: int = 3) -> Scene:
     """Same described scene, a slightly different picture (NIGHTS positives, re-shot photos)."""
-    return replace(scene, dx=rng.randint(-px, px), dy=rng.randint(-px, px), shade=rng.randint(-18, 18))
+    return replace(scene, dx=rng.randint(-px, px), dy=rng.randint(-px, px), shade=6 * rng.randint(-3, 3))
 
 
 EDITABLE = {"object": ("color", "shape", "size", "position", "texture"),
