@@ -134,7 +134,7 @@ class _Checker:
 
             try:
                 with Image.open(target) as im:
-                    im.verify()  # checks the container and chunk CRCs without decoding all pixels
+                    im.load()  # a full decode: JPEG's verify() misses a truncated file
             except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                 return f"image {rel!r} does not open: {type(e).__name__}: {e}"
         return None
