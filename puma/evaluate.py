@@ -73,6 +73,10 @@ def evaluate_table1(
     ev, emb_cfg = settings.evaluate, settings.embed
     _check_files(root, columns, ev.split)
     views = [EvalView(root, col, instruction_seed=ev.instruction_seed, split=ev.split) for col in columns]
+    for v in views:
+        if v.set_aside:
+            say(f"{v.column.name}: {v.set_aside} positive(s) of another dataset are not in the local pool; set "
+                "aside as UniIR does (not retrievable, the queries still count)")
     doc_encoder, query_encoder = RetrieverEncoder(retriever, False), RetrieverEncoder(retriever, True)
 
     # 1. Every distinct local pool once (the global pool is their concatenation: no re-embedding).
