@@ -144,6 +144,7 @@ class EmbedSettings(_Section):
 
 
 class EvaluateSettings(_Section):
+    split: Literal["test", "val"] = "test"  # val: model selection without touching the test set
     instruction_seed: int = 0
     k_default: int = Field(5, ge=1)
     k_overrides: dict[str, int] = {"fashion200k_task0": 10, "fashion200k_task3": 10, "fashioniq_task7": 10}

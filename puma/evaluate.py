@@ -24,11 +24,11 @@ from puma.metrics import chance_recall_at_k, recall_at_k, summarise
 # ---------------------------------------------------------------- the Table-1 evaluation
 
 
-def _check_files(root: Path, columns) -> None:
+def _check_files(root: Path, columns, split: str = "test") -> None:
     """Fail before any work when a column's files are missing (lists how many, names the first)."""
     from puma.data.columns import INSTRUCTIONS_FILE
 
-    missing = [f for c in columns for f in (c.query_file, c.pool_file, c.qrels_file) if not (root / f).is_file()]
+    missing = [f for c in columns for f in c.files(split) if not (root / f).is_file()]
     if not (root / INSTRUCTIONS_FILE).is_file():
         missing.append(INSTRUCTIONS_FILE)
     if missing:
@@ -62,8 +62,12 @@ def evaluate_table1(
     root, out = Path(root), Path(out)
     columns = list(columns or TABLE1_COLUMNS)
     ev = settings.evaluate
-    _check_files(root, columns)
-    views = [EvalView(root, col, instruction_seed=ev.instruction_seed) for col in columns]
+    _check_files(root, columns, ev.split)
+    views = [EvalView(root, col, instruction_seed=ev.instruction_seed, split=ev.split) for col in columns]
+    for v in views:
+        if v.set_aside:
+            say(f"{v.column.name}: {v.set_aside} positive(s) of another dataset are not in the local pool; set "
+                "aside as UniIR does (not retrievable, the queries still count)")
     doc_encoder, query_encoder = RetrieverEncoder(retriever, False), RetrieverEncoder(retriever, True)
     embed_kw = {"model_dir": model_dir, "settings": settings.embed, "num_workers": num_workers, "say": say}
     pools = embed_pools(doc_encoder, views, root, out, **embed_kw)
@@ -100,7 +104,7 @@ def embed_view_queries(encoder, views, root: Path, out: Path, instruction_seed: 
     query_embs = []
     for view in views:
         say(f"embedding {len(view)} queries of {view.column.name}")
-        store = embed_queries(encoder, root / view.column.query_file, list(zip(view.qids, view.queries)),
+        store = embed_queries(encoder, view.query_file, list(zip(view.qids, view.queries)),
                               out / "embeddings" / "queries" / view.column.name, model_dir=model_dir, extra=extra,
                               batch_size=settings.batch_size, shard_size=settings.shard_size,
                               num_workers=num_workers)
@@ -153,10 +157,12 @@ def write_results(views, pools: dict, results: dict[str, list], ev, model_dir, r
     _write_jsonl(out / "instructions.jsonl", instr_lines, atomic_write)
     write_json_atomic(out / "chance.json", {pool: summarise(chance[pool], COLUMN_GROUPS) for pool in chance})
     write_json_atomic(out / "eval_meta.json", {
-        "model": str(model_dir), "data_root": str(root), "instruction_seed": ev.instruction_seed,
+        "model": str(model_dir), "data_root": str(root), "split": ev.split, "instruction_seed": ev.instruction_seed,
         "k": {v.column.name: ev.k_for(v.column.name) for v in views},
         "queries": {v.column.name: len(v) for v in views},
-        "pool_sizes": {v.column.name: v.pool_size for v in views}, "global_pool_size": global_size})
+        "pool_sizes": {v.column.name: v.pool_size for v in views}, "global_pool_size": global_size,
+        # Positives of another dataset outside the local pool (OVEN/InfoSeek): not retrievable, query counted.
+        "set_aside_positives": {v.column.name: v.set_aside for v in views}})
     write_json_atomic(out / "metrics.json", metrics)  # last: its presence means the run finished
     return metrics
 

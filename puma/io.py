@@ -81,9 +81,11 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def file_digest(path: str | os.PathLike, algo: str = "sha256", chunk: int = 1 << 20) -> str:
-    """Hex digest of a file's bytes, streamed (``algo`` is any :mod:`hashlib` name)."""
+def file_digest(path: str | os.PathLike, algo: str = "sha256", chunk: int = 1 << 20, prefix: bytes = b"") -> str:
+    """Hex digest of ``prefix`` + a file's bytes, streamed (``algo`` is any :mod:`hashlib` name; ``prefix``
+    e.g. git's ``blob <size>\\0`` header)."""
     h = hashlib.new(algo)
+    h.update(prefix)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)

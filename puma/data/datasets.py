@@ -2,7 +2,7 @@
 
 * :class:`NLIPairs` (stage 1): SimCSE csv rows -> ``{"query": item, "positive": item}`` (text only).
 * :class:`MBEIRTrain` (stage 2): union_train queries + one positive per query per epoch, seeded.
-* :class:`EvalView` (evaluation): one Table-1 column's queries with seeded instructions, relevant id
+* :class:`EvalView` (evaluation): one Table-1 column's val or test queries with seeded instructions, relevant id
   sets from the qrels, and the paths of its local pool and of the global pool.
 
 Items are the dicts of docs/design.md (``{"text", "image", "instruction"}``) with *absolute* image
@@ -19,12 +19,12 @@ from pathlib import Path
 
 from puma.data.columns import (
     DATASET_IDS,
-    GLOBAL_TEST_POOL,
     GLOBAL_TRAIN_POOL,
     INSTRUCTIONS_FILE,
     UNION_TRAIN_QUERIES,
     Column,
     column,
+    global_pool_file,
 )
 from puma.data.instructions import InstructionKey, choose_instruction, load_instructions
 from puma.data.schema import (
@@ -36,6 +36,7 @@ from puma.data.schema import (
     load_qrels_lines,
     query_item,
     scan_nli,
+    task_problem,
 )
 
 
@@ -147,24 +148,35 @@ class MBEIRTrain:
 
 
 class EvalView:
-    """One Table-1 column for evaluation: instructed query items, relevant sets, pool paths.
+    """One Table-1 column of a split (``test`` or ``val``) for evaluation: instructed query items,
+    relevant sets, pool paths.
 
-    Attributes: ``column`` (:class:`Column`), ``qids``, ``queries`` (items with instructions),
+    Attributes: ``column`` (:class:`Column`), ``split``, ``qids``, ``queries`` (items with instructions),
     ``relevant`` (one set of dids per query, from the qrels), ``instruction_choices`` (per query
     ``{"qid", "index", "instruction"}``: write it beside the metrics so the run is reproducible),
-    ``local_pool`` and ``global_pool`` (absolute paths). The relevant ids are checked against the local
-    pool (the global pool contains every local test pool).
+    ``local_pool`` and ``global_pool`` (absolute paths), ``query_file``, ``pool_size`` and
+    ``set_aside`` (the number of positives set aside, see below).
+
+    The relevant ids are checked against the local pool (the global pool contains every local pool of
+    the split). A positive of *another dataset* that is not in the local pool (real OVEN and InfoSeek
+    qrels name each other's candidates) is set aside as UniIR does: it cannot be retrieved from this
+    pool, the query still counts (a query left with no positive scores 0). A missing positive of the
+    column's own dataset is an error. A query without ``task_id`` gets its task from its query modality
+    and its positives' modality; a task other than the column's is an error.
     """
 
     def __init__(self, root: str | Path, column_name: str | Column, instruction_seed: int = 0,
-                 global_pool: str = GLOBAL_TEST_POOL, instructions: str = INSTRUCTIONS_FILE) -> None:
+                 global_pool: str | None = None, instructions: str = INSTRUCTIONS_FILE, split: str = "test") -> None:
         self.root = Path(root).resolve()
         self.column = column_name if isinstance(column_name, Column) else column(column_name)
+        self.split = split
         col = self.column
         self.instruction_seed = instruction_seed
-        self.local_pool = self.root / col.pool_file
-        self.global_pool = self.root / global_pool
-        qpath, qrels_path = self.root / col.query_file, self.root / col.qrels_file
+        query_file, pool_file, qrels_file = col.files(split)
+        self.query_file = self.root / query_file
+        self.local_pool = self.root / pool_file
+        self.global_pool = self.root / (global_pool or global_pool_file(split))
+        qpath, qrels_path = self.query_file, self.root / qrels_file
         table: dict[InstructionKey, list[str]] = load_instructions(self.root / instructions)
         qrels = load_qrels_lines(qrels_path)
         instr_key = (col.dataset_id, col.query_modality, col.cand_modality)
@@ -172,9 +184,10 @@ class EvalView:
         self.queries: list[dict] = []
         self.relevant: list[set[str]] = []
         self.instruction_choices: list[dict] = []
+        tasks: dict[str, tuple[int | None, str, str]] = {}  # qid -> (task_id, query modality, where)
         for line, q in iter_queries(qpath, with_lines=True):
             where = f"{qpath}:{line}"
-            if q.task_id != col.task_id or _dataset_id(q.qid) != DATASET_IDS[col.dataset]:
+            if (q.task_id is not None and q.task_id != col.task_id) or _dataset_id(q.qid) != DATASET_IDS[col.dataset]:
                 raise DataError(f"{where}: query {q.qid} (task {q.task_id}) does not belong to column {col.name}")
             if q.qid not in qrels:
                 raise DataError(f"{where}: query {q.qid} has no relevant candidate in {qrels_path}")
@@ -186,22 +199,33 @@ class EvalView:
                                              instruction_seed)
             self.qids.append(q.qid)
             self.queries.append(query_item(q, self.root, text))
-            self.relevant.append(set(qrels[q.qid]))
             self.instruction_choices.append({"qid": q.qid, "index": index, "instruction": text})
+            tasks[q.qid] = (q.task_id, q.query_modality, where)
         known = set(self.qids)
         for qid, dids in qrels.items():
             if qid not in known:
                 raise DataError(f"{qrels_path}:{min(dids.values())}: qrel names query {qid}, which is not in {qpath}")
-        pool_ids = set()
+        pool_modality: dict[str, str] = {}
         for line, c in iter_candidates(self.local_pool, with_lines=True):
             _check_image_exists(self.root, c.img_path, f"{self.local_pool}:{line}")
-            pool_ids.add(c.did)
+            pool_modality[c.did] = c.modality
+        self.set_aside = 0
         for qid in self.qids:
+            kept = set()
             for did, line in qrels[qid].items():
-                if did not in pool_ids:
+                if did in pool_modality:
+                    task_id, qmod, where = tasks[qid]
+                    problem = task_problem(col.task_id if task_id is None else task_id, qmod, pool_modality[did])
+                    if problem:
+                        raise DataError(f"{where}: query {qid}: {problem} (positive {did}, column {col.name})")
+                    kept.add(did)
+                elif _dataset_id(did) != _dataset_id(qid):
+                    self.set_aside += 1
+                else:
                     raise DataError(f"{qrels_path}:{line}: qrel names candidate {did} of {qid}, which is not in "
                                     f"{self.local_pool}")
-        self.pool_size = len(pool_ids)
+            self.relevant.append(kept)
+        self.pool_size = len(pool_modality)
 
     def __len__(self) -> int:
         return len(self.queries)

@@ -1,7 +1,10 @@
 """``puma data download mbeir|nli``: fetch M-BEIR and SimCSE's NLI csv from the Hugging Face hub.
 
-* Selective: only what a run needs (``splits``: test -> test queries, qrels, local pools and the
-  global test pool; train -> union_train queries and the global train pool; instructions always).
+* Selective: exactly the files the selected splits need, named by :mod:`puma.data.columns` (``test`` /
+  ``val``: each column's query file, qrels and local pool, the split's global pool, and for val
+  ``query/union_val``; ``train``: union_train and the global train pool - the per-dataset
+  ``query/train`` files are not read by any stage and are not fetched; the instructions tsv always).
+  A needed file the hub does not list is an error naming it.
   The ~170 GB image archive (``mbeir_images.tar.gz.part-*``) is fetched, joined and extracted only when
   ``images=True``.
 * Resumable: the hub client continues interrupted files (``*.incomplete``); a file already verified
@@ -16,15 +19,24 @@ against a local stand-in; :class:`HFHubClient` is the real one (``huggingface_hu
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tarfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
+
+from puma.data.columns import (
+    EVAL_SPLITS,
+    INSTRUCTIONS_FILE,
+    SPLITS,
+    TABLE1_COLUMNS,
+    UNION_TRAIN_QUERIES,
+    UNION_VAL_QUERIES,
+    global_pool_file,
+)
+from puma.io import atomic_write, file_digest, write_json_atomic, write_text_atomic
 
 MBEIR_REPO = "TIGER-Lab/M-BEIR"
 NLI_REPO = "princeton-nlp/datasets-for-simcse"
@@ -89,35 +101,39 @@ class HFHubClient:
 # ---------------------------------------------------------------- selection
 
 
-def select_mbeir(files: Iterable[RemoteFile], splits: Iterable[str], images: bool) -> list[RemoteFile]:
-    """The M-BEIR files a run needs, in a stable order."""
+def needed_files(splits: Iterable[str]) -> list[str]:
+    """The M-BEIR paths the selected splits need (without images), in a stable order."""
     splits = set(splits)
-    unknown = splits - {"train", "val", "test"}
+    unknown = splits - set(SPLITS)
     if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, val, test")
-    prefixes = ["instructions/"]
-    for split in sorted(splits):
-        prefixes += [f"query/{split}/", f"qrels/{split}/", f"cand_pool/global/mbeir_union_{split}_cand_pool"]
-        if split in ("train", "val"):
-            prefixes.append(f"query/union_{split}/")
-    if "test" in splits:
-        prefixes.append("cand_pool/local/")  # the local pools are test-time pools
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; use {', '.join(SPLITS)}")
+    paths = {INSTRUCTIONS_FILE}
+    for split in splits:
+        paths.add(global_pool_file(split))
+        if split in EVAL_SPLITS:
+            paths.update(f for col in TABLE1_COLUMNS for f in col.files(split))
+    if "train" in splits:
+        paths.add(UNION_TRAIN_QUERIES)
+    if "val" in splits:
+        paths.add(UNION_VAL_QUERIES)
+    return sorted(paths)
+
+
+def select_mbeir(files: Iterable[RemoteFile], splits: Iterable[str], images: bool) -> list[RemoteFile]:
+    """The M-BEIR files a run needs, in a stable order; raises if the hub lacks a needed one."""
+    by_path = {f.path: f for f in files}
+    wanted = needed_files(splits)
+    missing = [p for p in wanted if p not in by_path]
+    if missing:
+        raise DownloadError(f"{MBEIR_REPO}: {len(missing)} needed file(s) not on the hub, e.g. "
+                            f"{', '.join(missing[:3])}")
+    chosen = [by_path[p] for p in wanted]
     if images:
-        prefixes.append(IMAGE_PARTS_PREFIX)
-    return sorted((f for f in files if f.path.startswith(tuple(prefixes))), key=lambda f: f.path)
+        chosen += sorted((f for f in by_path.values() if f.path.startswith(IMAGE_PARTS_PREFIX)), key=lambda f: f.path)
+    return chosen
 
 
 # ---------------------------------------------------------------- verification
-
-
-def _digest(path: Path, algo: str, git_blob: bool = False) -> str:
-    h = hashlib.new(algo)
-    if git_blob:  # git hashes "blob <size>\0" + content
-        h.update(f"blob {path.stat().st_size}\0".encode())
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_file(path: Path, remote: RemoteFile) -> str | None:
@@ -126,9 +142,10 @@ def verify_file(path: Path, remote: RemoteFile) -> str | None:
         return "missing"
     if remote.size is not None and path.stat().st_size != remote.size:
         return f"size {path.stat().st_size} != {remote.size} on the hub"
-    if remote.sha256 and _digest(path, "sha256") != remote.sha256:
+    if remote.sha256 and file_digest(path, "sha256") != remote.sha256:
         return "sha256 differs from the hub's"
-    if remote.git_sha1 and _digest(path, "sha1", git_blob=True) != remote.git_sha1:
+    # git hashes "blob <size>\0" + content
+    if remote.git_sha1 and file_digest(path, "sha1", prefix=f"blob {path.stat().st_size}\0".encode()) != remote.git_sha1:
         return "git blob sha1 differs from the hub's"
     return None
 
@@ -141,9 +158,7 @@ def _load_state(out: Path) -> dict:
 
 
 def _save_state(out: Path, state: dict) -> None:
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(tmp, out / STATE_FILE)
+    write_json_atomic(out / STATE_FILE, state, sort_keys=True)
 
 
 def fetch(client: HubClient, repo_id: str, files: list[RemoteFile], out: Path, log=print) -> list[Path]:
@@ -180,13 +195,14 @@ def join_and_extract(out: Path, parts: list[Path], log=print) -> Path:
     if not parts:
         raise DownloadError(f"{out}: no {IMAGE_PARTS_PREFIX}* files to join")
     archive = out / IMAGE_ARCHIVE
-    tmp = out / (IMAGE_ARCHIVE + ".tmp")
     log(f"joining {len(parts)} parts into {archive}")
-    with tmp.open("wb") as dst:
+
+    def join(dst) -> None:
         for part in sorted(parts):
             with part.open("rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 24)
-    os.replace(tmp, archive)
+
+    atomic_write(archive, join)
     log(f"extracting {archive}")
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -194,7 +210,7 @@ def join_and_extract(out: Path, parts: list[Path], log=print) -> Path:
             tar.extractall(out, filter="data")
     except (tarfile.TarError, OSError) as e:
         raise DownloadError(f"{archive}: cannot extract ({e})") from e
-    (out / EXTRACTED_MARK).write_text("ok\n")
+    write_text_atomic(out / EXTRACTED_MARK, "ok\n")
     return out
 
 
@@ -207,8 +223,6 @@ def download_mbeir(out: str | Path, splits: Iterable[str] = ("test",), images: b
     client = client or HFHubClient()
     out = Path(out)
     wanted = select_mbeir(client.list_files(MBEIR_REPO), splits, images)
-    if not wanted:
-        raise DownloadError(f"{MBEIR_REPO}: none of the requested files are on the hub (splits={list(splits)})")
     paths = fetch(client, MBEIR_REPO, wanted, out, log)
     if images:
         join_and_extract(out, [p for p in paths if p.name.startswith(IMAGE_PARTS_PREFIX)], log)
@@ -225,7 +239,9 @@ def download_nli(out_file: str | Path, client: HubClient | None = None, log=prin
     (got,) = fetch(client, NLI_REPO, remote, out_file.parent, log)
     if got.resolve() != out_file.resolve():
         # Copy (not move) so the verified download stays where the state file says it is.
-        tmp = out_file.with_name(out_file.name + ".tmp")
-        shutil.copyfile(got, tmp)
-        os.replace(tmp, out_file)
+        def copy(dst) -> None:
+            with got.open("rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 24)
+
+        atomic_write(out_file, copy)
     return out_file

@@ -7,6 +7,12 @@ The jsonl field names and the qrels layout are M-BEIR's (REFERENCE.md section 4)
     candidate: {"did", "txt", "img_path", "modality", "src_content"}
     qrels:     "qid 0 did relevance task_id" per line, whitespace separated
 
+Accepted as the real files have them (REFERENCE.md section 7): ``query_src_content`` / ``src_content``
+null or absent; ``neg_cand_list`` absent (empty); ``task_id`` absent (``None``: the task is then the one
+of the query modality and the positive's modality, :func:`puma.data.columns.task_of`, as UniIR derives
+it), but a ``task_id`` whose query modality is not the line's is an error; ``pos_cand_list`` /
+``neg_cand_list`` entries as id strings or ``{"did": id}`` objects (the dataset card's form).
+
 Every check lives here once: :mod:`puma.data.validate` collects *all* problems of a dataset with these
 functions, and the loaders below raise :class:`DataError` on the first bad line, before any output
 is written by their callers. Missing text or image is ``null`` (an empty string counts as missing).
@@ -17,8 +23,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
+
+from puma.data.columns import DATASET_IDS, TASKS, task_of
+from puma.io import write_jsonl_atomic
 
 MODALITIES = ("text", "image", "image,text")
 ID_RE = re.compile(r"^(\d+):(\d+)$")
@@ -29,12 +38,18 @@ def modality_of(has_text: bool, has_image: bool) -> str:
     return "image,text" if has_text and has_image else "image" if has_image else "text"
 
 
-KNOWN_DATASET_IDS = frozenset(range(10))
-KNOWN_TASK_IDS = frozenset({0, 1, 2, 3, 4, 6, 7, 8})
+KNOWN_DATASET_IDS = frozenset(DATASET_IDS.values())
+KNOWN_TASK_IDS = frozenset(TASKS)
 
 
 class DataError(ValueError):
     """A data file is malformed; the message starts with ``file:line:``."""
+
+
+def _as_json(rec) -> dict:
+    """A record's fields as a dict, in field order (what ``asdict`` gives, without its deep copies: the
+    generator writes hundreds of thousands of records)."""
+    return {f.name: getattr(rec, f.name) for f in fields(rec)}
 
 
 @dataclass(frozen=True)
@@ -46,10 +61,10 @@ class Query:
     query_src_content: str | None
     pos_cand_list: list[str] = field(default_factory=list)
     neg_cand_list: list[str] = field(default_factory=list)
-    task_id: int = 0
+    task_id: int | None = None  # None: absent from the line (derive it with columns.task_of)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return _as_json(self)
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,7 @@ class Candidate:
     src_content: str | None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return _as_json(self)
 
 
 @dataclass(frozen=True)
@@ -123,9 +138,10 @@ def _modality_problems(modality: object, txt: object, img: object, txt_key: str,
     return probs
 
 
-QUERY_KEYS = ("qid", "query_txt", "query_img_path", "query_modality", "query_src_content", "pos_cand_list",
-              "neg_cand_list", "task_id")
-CANDIDATE_KEYS = ("did", "txt", "img_path", "modality", "src_content")
+# Required fields; the others default (src_content -> None, neg_cand_list -> [], task_id -> None).
+QUERY_KEYS = ("qid", "query_txt", "query_img_path", "query_modality", "pos_cand_list")
+CANDIDATE_KEYS = ("did", "txt", "img_path", "modality")
+
 # (id, text, image, modality, source) field names of the two record kinds.
 _QUERY_FIELDS = ("qid", "query_txt", "query_img_path", "query_modality", "query_src_content")
 _CANDIDATE_FIELDS = ("did", "txt", "img_path", "modality", "src_content")
@@ -141,8 +157,8 @@ def _record_problems(obj: object, kind: str, keys: tuple[str, ...], fields: tupl
     id_key, txt_key, img_key, mod_key, src_key = fields
     probs = [p for p in [id_problem(obj[id_key], id_key)] if p]
     probs += _modality_problems(obj[mod_key], obj[txt_key], obj[img_key], txt_key, img_key, mod_key)
-    # Unused by retrieval; M-BEIR stores a JSON string, tolerate an inline object too.
-    if obj[src_key] is not None and not isinstance(obj[src_key], (str, dict)):
+    # Unused by retrieval; M-BEIR stores a JSON string (often null), tolerate an inline object too.
+    if obj.get(src_key) is not None and not isinstance(obj[src_key], (str, dict)):
         probs.append(f"{src_key} must be a string, an object or null")
     return probs
 
@@ -153,17 +169,38 @@ def query_problems(obj: object) -> list[str]:
     if not isinstance(obj, dict) or any(p.startswith("missing field") for p in probs):
         return probs
     for key in ("pos_cand_list", "neg_cand_list"):
-        val = obj[key]
+        val = obj.get(key, [])
         if not isinstance(val, list):
             probs.append(f"{key} must be a list of ids, got {type(val).__name__}")
             continue
-        probs += [p for p in (id_problem(did, f"{key} entry") for did in val) if p]
-    task = obj["task_id"]
+        probs += [p for p in (id_problem(entry_id(e), f"{key} entry") for e in val) if p]
+    task = obj.get("task_id")
+    if task is None:
+        return probs
     if not isinstance(task, int) or isinstance(task, bool):
         probs.append(f"task_id must be an integer, got {type(task).__name__}")
     elif task not in KNOWN_TASK_IDS:
         probs.append(f"task_id {task} is not an M-BEIR task (0-4, 6-8)")
+    elif isinstance(obj["query_modality"], str) and TASKS[task][0] != obj["query_modality"]:
+        probs.append(f"task_id {task} ({TASKS[task][0]} -> {TASKS[task][1]}) contradicts query_modality "
+                     f"{obj['query_modality']!r}")
     return probs
+
+
+def entry_id(entry: object) -> object:
+    """The id of a ``pos_cand_list`` / ``neg_cand_list`` entry: the string itself or ``entry["did"]``."""
+    return entry.get("did") if isinstance(entry, dict) else entry
+
+
+def task_problem(task_id: int | None, query_modality: str, cand_modality: str) -> str | None:
+    """A line's ``task_id`` against the task its modalities define (UniIR's derivation), or None if fine."""
+    derived = task_of(query_modality, cand_modality)
+    if derived is None:
+        return f"no M-BEIR task has query modality {query_modality!r} and positive modality {cand_modality!r}"
+    if task_id is not None and task_id != derived:
+        return (f"task_id {task_id} contradicts the modalities {query_modality} -> {cand_modality} "
+                f"(task {derived})")
+    return None
 
 
 def candidate_problems(obj: object) -> list[str]:
@@ -178,14 +215,14 @@ def _none_if_empty(v: str | None) -> str | None:
 def make_query(obj: dict) -> Query:
     """Build a :class:`Query` from a line that passed :func:`query_problems`."""
     return Query(obj["qid"], _none_if_empty(obj["query_txt"]), _none_if_empty(obj["query_img_path"]),
-                 obj["query_modality"], obj["query_src_content"], list(obj["pos_cand_list"]),
-                 list(obj["neg_cand_list"]), obj["task_id"])
+                 obj["query_modality"], obj.get("query_src_content"), [entry_id(e) for e in obj["pos_cand_list"]],
+                 [entry_id(e) for e in obj.get("neg_cand_list", [])], obj.get("task_id"))
 
 
 def make_candidate(obj: dict) -> Candidate:
     """Build a :class:`Candidate` from a line that passed :func:`candidate_problems`."""
     return Candidate(obj["did"], _none_if_empty(obj["txt"]), _none_if_empty(obj["img_path"]), obj["modality"],
-                     obj["src_content"])
+                     obj.get("src_content"))
 
 
 def parse_qrel_line(text: str) -> Qrel | str:
@@ -354,14 +391,5 @@ def candidate_item(cand: Candidate, root: str | Path) -> dict:
 
 
 def write_jsonl(path: str | Path, records) -> None:
-    """Write records (dataclasses with ``to_json`` or dicts) as jsonl, atomically (temp file + replace)."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            obj = rec.to_json() if hasattr(rec, "to_json") else rec
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """Write records (dataclasses with ``to_json`` or dicts) as jsonl, atomically."""
+    write_jsonl_atomic(path, (rec.to_json() if hasattr(rec, "to_json") else rec for rec in records))

@@ -5,15 +5,21 @@ Reports *all* problems, each as ``file:line: message``, using the same field rul
 
 * every jsonl line parses, has the right fields and types; modality values are known and agree with
   which of text/image is present; ids are unique per file and shaped ``<dataset_id>:<n>``;
-* every qrel and every ``pos_cand_list`` entry names an existing candidate (local pool for test
-  queries and in the global test pool as well; the global train pool for train queries); qrels name
+* every qrel and every ``pos_cand_list`` entry names an existing candidate: for val/test queries in the
+  column's local pool and in the split's global pool (a positive of *another* dataset, as OVEN and
+  InfoSeek lines have, need only be in the global pool: it is counted as ``cross_dataset_positives``
+  and set aside at evaluation, as UniIR does); the global train pool for train queries; qrels name
   existing queries and agree with the column's task;
+* a query's task (its ``task_id``, or when absent the one its query and positive modalities define)
+  is its column's, and a ``task_id`` never contradicts the modalities;
 * every image exists, opens, and its ``img_path`` stays inside the root (no absolute paths, no ``..``,
   no symlink escaping the root);
 * the instructions tsv parses and covers every (dataset id, query modality, candidate modality) used.
 
-The 16 Table-1 test columns and the global test pool are required; the train split is checked when
-present (``query/union_train`` and the global train pool).
+The 16 Table-1 test columns and the global test pool are required; the val split (``query/val``,
+``qrels/val``, the global val pool, ``query/union_val``) and the train split (``query/union_train``, the
+per-dataset ``query/train/mbeir_<dataset>_train.jsonl`` and the global train pool) are checked when
+present.
 """
 
 from __future__ import annotations
@@ -23,14 +29,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from puma.data.columns import (
-    GLOBAL_TEST_POOL,
-    GLOBAL_TRAIN_POOL,
+    DATASET_IDS,
     INSTRUCTIONS_FILE,
     TABLE1_COLUMNS,
     UNION_TRAIN_QUERIES,
+    UNION_VAL_QUERIES,
+    global_pool_file,
+    train_query_file,
 )
 from puma.data.instructions import parse_instructions
-from puma.data.schema import DataError, Qrel, candidate_problems, iter_qrels, query_problems, scan_nli
+from puma.data.schema import (
+    DataError,
+    Qrel,
+    candidate_problems,
+    entry_id,
+    iter_qrels,
+    query_problems,
+    scan_nli,
+    task_problem,
+)
+from puma.io import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -50,13 +68,19 @@ class _Checker:
         self.problems: list[Problem] = []
         self._images: dict[str, str | None] = {}  # img_path -> problem (None = fine), checked once
         self.needed_keys: dict[tuple, tuple[str, int]] = {}  # instruction key -> first (file, line) using it
-        self.counts = {"queries": 0, "candidates": 0, "images": 0}
+        self.counts = {"queries": 0, "candidates": 0, "images": 0, "cross_dataset_positives": 0}
+        self._scanned: dict[str, dict | None] = {}
 
     def add(self, path: Path | str, line: int, message: str) -> None:
         self.problems.append(Problem(str(path), line, message))
 
     def scan_jsonl(self, rel: str, kind: str) -> dict[str, tuple[int, dict]] | None:
-        """id -> (line, record) of the valid lines of one file; every bad line is reported."""
+        """id -> (line, record) of the valid lines of one file (scanned once); every bad line is reported."""
+        if rel not in self._scanned:
+            self._scanned[rel] = self._scan(rel, kind)
+        return self._scanned[rel]
+
+    def _scan(self, rel: str, kind: str) -> dict[str, tuple[int, dict]] | None:
         path = self.root / rel
         if not path.is_file():
             self.add(path, 0, "file not found")
@@ -110,27 +134,41 @@ class _Checker:
 
             try:
                 with Image.open(target) as im:
-                    im.verify()  # checks the container and chunk CRCs without decoding all pixels
+                    im.load()  # a full decode: JPEG's verify() misses a truncated file
             except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                 return f"image {rel!r} does not open: {type(e).__name__}: {e}"
         return None
 
-    def positives(self, qpath: Path, queries: dict, pools: list[tuple[str, dict]]) -> None:
-        """Every pos_cand_list entry is in each of ``pools``; record the instruction keys used."""
+    def positives(self, qpath: Path, queries: dict, local: tuple[str, dict] | None, glob: tuple[str, dict],
+                  task_id: int | None) -> None:
+        """Every pos_cand_list entry is in the local pool (if any) and the global pool; a positive of another
+        dataset need only be in the global pool (counted). Checks each query's task against its positives'
+        modalities (and ``task_id``, the column's task, when given); records the instruction keys used."""
         for qid, (line, q) in queries.items():
             if not q["pos_cand_list"]:
                 self.add(qpath, line, f"query {qid} has an empty pos_cand_list")
-            for did in q["pos_cand_list"]:
-                for name, pool in pools:
-                    if did not in pool:
-                        self.add(qpath, line, f"pos_cand_list entry {did} of {qid} is not in {name}")
-                        break
-                else:
-                    cand = pools[0][1][did][1]
-                    key = (int(qid.split(":")[0]), q["query_modality"], cand["modality"])
-                    self.needed_keys.setdefault(key, (str(qpath), line))
+            dataset = qid.split(":")[0]
+            for did in map(entry_id, q["pos_cand_list"]):
+                if local is not None and did not in local[1]:
+                    if did.split(":")[0] == dataset or did not in glob[1]:
+                        self.add(qpath, line, f"pos_cand_list entry {did} of {qid} is not in {local[0]}")
+                    else:
+                        self.counts["cross_dataset_positives"] += 1
+                    continue
+                if did not in glob[1]:
+                    self.add(qpath, line, f"pos_cand_list entry {did} of {qid} is not in {glob[0]}")
+                    continue
+                cand = glob[1][did][1]
+                line_task = q.get("task_id")
+                problem = task_problem(task_id if line_task is None else line_task, q["query_modality"],
+                                       cand["modality"])
+                if problem:
+                    self.add(qpath, line, f"query {qid}: {problem}")
+                    break
+                key = (int(dataset), q["query_modality"], cand["modality"])
+                self.needed_keys.setdefault(key, (str(qpath), line))
 
-    def qrels(self, rel: str, queries: dict, pool: dict, pool_name: str, task_id: int | None) -> None:
+    def qrels(self, rel: str, queries: dict, pool: dict, pool_name: str, glob: dict, task_id: int | None) -> None:
         path = self.root / rel
         if not path.is_file():
             self.add(path, 0, "file not found")
@@ -143,12 +181,59 @@ class _Checker:
                 assert isinstance(rec, Qrel)
                 if rec.qid not in queries:
                     self.add(path, line, f"qrel names query {rec.qid}, which is not in the query file")
-                if rec.did not in pool:
+                cross = rec.did.split(":")[0] != rec.qid.split(":")[0] and rec.did in glob
+                if rec.did not in pool and not cross:
                     self.add(path, line, f"qrel names candidate {rec.did}, which is not in {pool_name}")
                 if task_id is not None and rec.task_id != task_id:
                     self.add(path, line, f"qrel task_id {rec.task_id} but the file is for task {task_id}")
         except DataError as e:  # empty file
             self.add(path, 1, str(e).partition(": ")[2] or str(e))
+
+    def column_membership(self, qpath: Path, queries: dict, dataset_id: int, task_id: int, name: str) -> None:
+        for qid, (line, q) in queries.items():
+            task = q.get("task_id")
+            if (task is not None and task != task_id) or int(qid.split(":")[0]) != dataset_id:
+                self.add(qpath, line, f"query {qid} (task {task}) does not belong to {name}")
+
+
+def _eval_split(c: _Checker, split: str) -> None:
+    """The 16 columns of a val or test split, the split's global pool and (val) ``query/union_val``."""
+    gname = global_pool_file(split)
+    glob = c.scan_jsonl(gname, "candidate") or {}
+    for col in TABLE1_COLUMNS:
+        query_file, pool_file, qrels_file = col.files(split)
+        pool = c.scan_jsonl(pool_file, "candidate")
+        queries = c.scan_jsonl(query_file, "query")
+        if pool is None or queries is None:
+            continue
+        qpath = c.root / query_file
+        c.column_membership(qpath, queries, col.dataset_id, col.task_id, f"column {col.name}")
+        c.positives(qpath, queries, (pool_file, pool), (gname, glob), col.task_id)
+        c.qrels(qrels_file, queries, pool, pool_file, glob, col.task_id)
+    if split == "val" and (c.root / UNION_VAL_QUERIES).exists():
+        union = c.scan_jsonl(UNION_VAL_QUERIES, "query")
+        if union is not None:
+            c.positives(c.root / UNION_VAL_QUERIES, union, None, (gname, glob), None)
+
+
+def _train_split(c: _Checker) -> None:
+    """union_train, the per-dataset train files (no qrels: M-BEIR has none for train), the global pool."""
+    gname = global_pool_file("train")
+    pool = c.scan_jsonl(gname, "candidate")
+    union = c.scan_jsonl(UNION_TRAIN_QUERIES, "query")
+    if pool is None or union is None:
+        return
+    c.positives(c.root / UNION_TRAIN_QUERIES, union, None, (gname, pool), None)
+    by_file = {train_query_file(name): (name, did) for name, did in DATASET_IDS.items()}
+    for qpath in sorted((c.root / "query/train").glob("*.jsonl")):
+        rel = qpath.relative_to(c.root).as_posix()
+        queries = c.scan_jsonl(rel, "query") or {}
+        if rel in by_file:
+            name, did = by_file[rel]
+            for qid, (line, _q) in queries.items():
+                if int(qid.split(":")[0]) != did:
+                    c.add(qpath, line, f"query {qid} is not a {name} query (dataset id {did})")
+        c.positives(qpath, queries, None, (gname, pool), None)
 
 
 def validate_root(root: str | Path, check_images: bool = True) -> tuple[list[Problem], dict[str, int]]:
@@ -157,30 +242,11 @@ def validate_root(root: str | Path, check_images: bool = True) -> tuple[list[Pro
     if not root.is_dir():
         return [Problem(str(root), 0, "dataset root not found")], {}
     c = _Checker(root, check_images)
-    global_test = c.scan_jsonl(GLOBAL_TEST_POOL, "candidate") or {}
-    for col in TABLE1_COLUMNS:
-        pool = c.scan_jsonl(col.pool_file, "candidate")
-        queries = c.scan_jsonl(col.query_file, "query")
-        if pool is None or queries is None:
-            continue
-        qpath = c.root / col.query_file
-        for qid, (line, q) in queries.items():
-            if q["task_id"] != col.task_id or int(qid.split(":")[0]) != col.dataset_id:
-                c.add(qpath, line, f"query {qid} (task {q['task_id']}) does not belong to column {col.name}")
-        c.positives(qpath, queries, [(col.pool_file, pool), (GLOBAL_TEST_POOL, global_test)])
-        c.qrels(col.qrels_file, queries, pool, col.pool_file, col.task_id)
-    if (c.root / UNION_TRAIN_QUERIES).exists() or (c.root / GLOBAL_TRAIN_POOL).exists():
-        train_pool = c.scan_jsonl(GLOBAL_TRAIN_POOL, "candidate")
-        train_q = c.scan_jsonl(UNION_TRAIN_QUERIES, "query")
-        if train_pool is not None and train_q is not None:
-            c.positives(c.root / UNION_TRAIN_QUERIES, train_q, [(GLOBAL_TRAIN_POOL, train_pool)])
-            for qpath in sorted((c.root / "query/train").glob("*.jsonl")):
-                rel = str(qpath.relative_to(c.root))
-                queries = c.scan_jsonl(rel, "query") or {}
-                c.positives(qpath, queries, [(GLOBAL_TRAIN_POOL, train_pool)])
-                qrels_rel = f"qrels/train/{qpath.stem}_qrels.txt"
-                if (c.root / qrels_rel).exists():
-                    c.qrels(qrels_rel, queries, train_pool, GLOBAL_TRAIN_POOL, None)
+    _eval_split(c, "test")
+    if any((c.root / p).exists() for p in ("query/val", "qrels/val", global_pool_file("val"), UNION_VAL_QUERIES)):
+        _eval_split(c, "val")
+    if (c.root / UNION_TRAIN_QUERIES).exists() or (c.root / global_pool_file("train")).exists():
+        _train_split(c)
     table, problems = parse_instructions(c.root / INSTRUCTIONS_FILE)
     for line, msg in problems:
         c.add(c.root / INSTRUCTIONS_FILE, line, msg)
@@ -208,11 +274,5 @@ def validate(path: str | Path, check_images: bool = True) -> tuple[list[Problem]
 
 def write_report(path: str | Path, target: str | Path, problems: list[Problem], counts: dict[str, int]) -> None:
     """``{"target", "ok", "counts", "problems": ["file:line: message", ...]}`` as JSON, written atomically."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"target": str(target), "ok": not problems, "counts": counts,
-                               "problems": [str(p) for p in problems]}, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, {"target": str(target), "ok": not problems, "counts": counts,
+                             "problems": [str(p) for p in problems]})

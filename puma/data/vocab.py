@@ -17,17 +17,22 @@ RGB = {
     "purple": (130, 50, 170), "orange": (245, 140, 20), "black": (20, 20, 20), "white": (252, 252, 252),
     "pink": (245, 150, 190), "brown": (120, 75, 35), "gray": (128, 128, 128), "cyan": (40, 210, 220),
 }
-SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross", "ring", "hexagon"]
+SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross", "ring", "hexagon", "pentagon", "octagon", "arrow",
+          "heart"]
 SIZES = ["small", "medium", "large"]
-POSITIONS = ["top left", "top right", "bottom left", "bottom right", "center"]
-TEXTURES = ["plain", "striped", "dotted", "checkered"]
-GARMENTS = ["dress", "shirt", "skirt", "trousers", "hat", "bag"]
+POSITIONS = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
+TEXTURES = ["plain", "striped", "dotted", "checkered", "grid", "diagonal"]
+GARMENTS = ["dress", "shirt", "skirt", "trousers", "hat", "bag", "coat", "shorts", "scarf", "boot"]
+# A garment's trim (the outline of the silhouette) and an emblem's frame: "none" or a colour.
+TRIMS = ["none", *COLORS]
 REGIONS = ["the north", "the south", "the east", "the west", "the valley", "the lowlands", "the hills", "the old town"]
 _NAME_HEADS = ["Alder", "Bright", "Cinder", "Dun", "Elms", "Falcon", "Glen", "Harrow", "Iron", "Juniper", "Kestrel",
-               "Lark", "Marrow", "North", "Oak", "Pine"]
-_NAME_TAILS = ["moor", "water", "ridge", "haven", "field", "crest"]
-_NAME_KINDS = ["Castle", "Bridge", "Tower", "Abbey", "Museum", "Station", "Library", "Harbor"]
-# Every entity name of the world: "Aldermoor Castle", ... (768 names).
+               "Lark", "Marrow", "North", "Oak", "Pine", "Quarry", "Raven", "Stone", "Thorn", "Umber", "Vale",
+               "Willow", "Yarrow", "Ash", "Birch", "Copper", "Deer", "Ember", "Frost", "Gold", "Hazel"]
+_NAME_TAILS = ["moor", "water", "ridge", "haven", "field", "crest", "brook", "ford", "wood", "gate", "hill", "mere"]
+_NAME_KINDS = ["Castle", "Bridge", "Tower", "Abbey", "Museum", "Station", "Library", "Harbor", "Palace", "Temple",
+               "Gallery", "Theater", "Market", "Chapel", "Fort", "Garden"]
+# Every entity name of the world: "Aldermoor Castle", ... (32 x 12 x 16 = 6144 names).
 ENTITIES = [f"{h}{t} {k}" for k in _NAME_KINDS for h in _NAME_HEADS for t in _NAME_TAILS]
 
 
@@ -44,6 +49,7 @@ class Scene:
     position: str = "center"
     texture: str = "plain"
     label: str | None = None
+    trim: str = "none"  # garments: trim colour; emblems: frame colour
     dx: int = 0
     dy: int = 0
     shade: int = 0
@@ -51,34 +57,59 @@ class Scene:
     def key(self) -> tuple:
         """The attributes texts describe: two scenes with the same key are the same answer."""
         if self.kind == "garment":
-            return (self.kind, self.color, self.shape, self.texture)
+            return (self.kind, self.color, self.shape, self.texture, self.trim)
         if self.kind == "emblem":
-            return (self.kind, self.color, self.shape, self.texture, self.label)
+            return (self.kind, self.color, self.shape, self.texture, self.trim, self.label)
         return (self.kind, self.color, self.shape, self.size, self.position, self.texture)
 
 
 def random_scene(rng: random.Random, kind: str = "object") -> Scene:
     if kind == "garment":
-        return Scene("garment", rng.choice(COLORS), rng.choice(GARMENTS), "large", "center", rng.choice(TEXTURES))
+        color = rng.choice(COLORS)
+        return Scene("garment", color, rng.choice(GARMENTS), "large", "center", rng.choice(TEXTURES),
+                     trim=rng.choice([t for t in TRIMS if t != color]))
     return Scene(kind, rng.choice(COLORS), rng.choice(SHAPES), rng.choice(SIZES), rng.choice(POSITIONS),
                  rng.choice(TEXTURES))
 
 
+def all_scenes(kind: str) -> list[Scene]:
+    """Every described scene of ``kind`` ("object" or "garment"), in a fixed order (the attribute world:
+    12 x 12 x 3 x 9 x 6 = 23,328 objects, 12 x 10 x 6 x 12 = 8,640 garments: a trim never has the
+    garment's own colour, which would not show)."""
+    if kind == "garment":
+        return [Scene("garment", c, g, "large", "center", t, trim=tr)
+                for c in COLORS for g in GARMENTS for t in TEXTURES for tr in TRIMS if tr != c]
+    return [Scene(kind, c, sh, si, p, t) for c in COLORS for sh in SHAPES for si in SIZES for p in POSITIONS
+            for t in TEXTURES]
+
+
 def jitter(rng: random.Random, scene: Scene, px: int = 3) -> Scene:
     """Same described scene, a slightly different picture (NIGHTS positives, re-shot photos)."""
-    return replace(scene, dx=rng.randint(-px, px), dy=rng.randint(-px, px), shade=rng.randint(-18, 18))
+    return replace(scene, dx=rng.randint(-px, px), dy=rng.randint(-px, px), shade=6 * rng.randint(-3, 3))
 
 
-EDITABLE = {"object": ("color", "shape", "size", "position", "texture"), "garment": ("color", "shape", "texture")}
-_VALUES = {"color": COLORS, "shape": SHAPES, "size": SIZES, "position": POSITIONS, "texture": TEXTURES}
+EDITABLE = {"object": ("color", "shape", "size", "position", "texture"),
+            "garment": ("color", "shape", "texture", "trim")}
+_VALUES = {"color": COLORS, "shape": SHAPES, "size": SIZES, "position": POSITIONS, "texture": TEXTURES,
+           "trim": TRIMS}
 
 
 def change_one(rng: random.Random, scene: Scene, attr: str | None = None) -> tuple[Scene, str]:
     """A copy of ``scene`` with one described attribute changed; returns (scene, attribute name)."""
     attr = attr or rng.choice(EDITABLE[scene.kind])
     values = GARMENTS if (attr == "shape" and scene.kind == "garment") else _VALUES[attr]
-    new = rng.choice([v for v in values if v != getattr(scene, attr)])
+    # A garment's trim and colour differ (a trim of the garment's own colour would not show).
+    clash = {"trim": scene.color, "color": scene.trim} if scene.kind == "garment" else {}
+    new = rng.choice([v for v in values if v != getattr(scene, attr) and v != clash.get(attr)])
     return replace(scene, **{attr: new}), attr
+
+
+def neighbours(scene: Scene, attr: str) -> list[Scene]:
+    """Every scene one change of ``attr`` away from ``scene``, in a fixed order (same rules as
+    :func:`change_one`)."""
+    values = GARMENTS if (attr == "shape" and scene.kind == "garment") else _VALUES[attr]
+    clash = {"trim": scene.color, "color": scene.trim} if scene.kind == "garment" else {}
+    return [replace(scene, **{attr: v}) for v in values if v != getattr(scene, attr) and v != clash.get(attr)]
 
 
 # ---------------------------------------------------------------- texts about scenes
@@ -86,6 +117,10 @@ def change_one(rng: random.Random, scene: Scene, attr: str | None = None) -> tup
 
 def _pattern(t: str) -> str:
     return "" if t == "plain" else f" with a {t} pattern"
+
+
+def _trim(t: str) -> str:
+    return "" if t == "none" else f" with {t} trim"
 
 
 def coco_caption(s: Scene, variant: int) -> str:
@@ -110,8 +145,8 @@ def news_caption(s: Scene, variant: int) -> str:
 
 def fashion_caption(s: Scene, variant: int) -> str:
     """Fashion200K-style terse product description."""
-    forms = [f"{s.color} {s.texture} {s.shape}", f"{s.texture} {s.shape} in {s.color}",
-             f"women's {s.color} {s.shape}, {s.texture} fabric"]
+    forms = [f"{s.color} {s.texture} {s.shape}{_trim(s.trim)}", f"{s.texture} {s.shape} in {s.color}{_trim(s.trim)}",
+             f"women's {s.color} {s.shape}{_trim(s.trim)}, {s.texture} fabric"]
     return forms[variant % len(forms)]
 
 
@@ -123,6 +158,8 @@ def edit_text(before: Scene, after: Scene, attr: str, variant: int) -> str:
             "color": [f"is {after.color} instead of {before.color}", f"make it {after.color}"],
             "texture": [f"has a {after.texture} pattern", f"is {after.texture} instead of {before.texture}"],
             "shape": [f"is a {after.shape} instead of a {noun}", f"make it a {after.shape}"],
+            "trim": [f"has {after.trim} trim" if after.trim != "none" else "has no trim",
+                     f"make the trim {after.trim}" if after.trim != "none" else "remove the trim"],
         }[attr]
     else:
         forms = {
@@ -150,13 +187,18 @@ class Entity:
         return self.name.split()[-1].lower()
 
 
+# Emblem designs (colour, shape, pattern, frame): 12 x 12 x 6 x 12 = 10,368, more than there are entities.
+EMBLEM_DESIGNS = [(c, sh, t, f) for c in COLORS for sh in SHAPES for t in TEXTURES for f in COLORS]
+
+
 def entity_catalog(rng: random.Random) -> list[Entity]:
-    """Every entity of the world with a random emblem, founding year and region."""
+    """Every entity of the world with its own emblem design (no two entities share one, so the picture
+    identifies the entity), a founding year and a region."""
+    designs = rng.sample(EMBLEM_DESIGNS, len(ENTITIES))
     out = []
-    for name in ENTITIES:
+    for name, (color, shape, texture, frame) in zip(ENTITIES, designs, strict=True):
         initials = "".join(w[0] for w in name.split())
-        emblem = Scene("emblem", rng.choice(COLORS), rng.choice(SHAPES), "large", "center", rng.choice(TEXTURES),
-                       initials)
+        emblem = Scene("emblem", color, shape, "large", "center", texture, initials, trim=frame)
         out.append(Entity(name, emblem, rng.randint(1700, 1999), rng.choice(REGIONS)))
     return out
 
@@ -190,7 +232,7 @@ def _a(noun: str) -> str:
 
 def emblem_words(e: Entity) -> str:
     s = e.emblem
-    return f"{_a(s.color)} {s.shape}{_pattern(s.texture)}"
+    return f"{_a(s.color)} {s.shape}{_pattern(s.texture)} in a {s.trim} frame"
 
 
 def entity_passage(e: Entity, fact: str) -> str:

@@ -21,6 +21,10 @@ P = "cand_pool/local/mbeir_mscoco_task0_test_cand_pool.jsonl"
 R = "qrels/test/mbeir_mscoco_task0_test_qrels.txt"
 I = "instructions/query_instructions.tsv"
 U = "query/union_train/mbeir_union_up_train.jsonl"
+QV = "query/val/mbeir_mscoco_task0_val.jsonl"
+RV = "qrels/val/mbeir_mscoco_task0_val_qrels.txt"
+T = "query/train/mbeir_mscoco_train.jsonl"
+P3 = "cand_pool/local/mbeir_mscoco_task3_test_cand_pool.jsonl"
 
 
 def _lines(root: Path, rel: str) -> list[str]:
@@ -65,7 +69,7 @@ def _symlink_out(root, rel, n):
     img.symlink_to(outside)
 
 
-def _truncate_png(root, rel, n):
+def _truncate_image(root, rel, n):
     img = root / _obj(root, rel, n)["img_path"]
     data = img.read_bytes()
     img.unlink()
@@ -101,7 +105,7 @@ VARIANTS = [
     ("symlink-escapes-root", lambda r: _symlink_out(r, P, 8), P, 8, "resolves outside the dataset root", None),
     ("missing-image", lambda r: _replace_image(r, P, 2, None), P, 2, "not found", "eval"),
     ("corrupt-image", lambda r: _replace_image(r, P, 3, b"not a png at all"), P, 3, "does not open", None),
-    ("truncated-image", lambda r: _truncate_png(r, P, 4), P, 4, "does not open", None),
+    ("truncated-image", lambda r: _truncate_image(r, P, 4), P, 4, "does not open", None),
     ("dangling-qrel", lambda r: _set_line(r, R, 1, _lines(r, R)[0].replace(_lines(r, R)[0].split()[2], "9:999999")),
      R, 1, "qrel names candidate 9:999999", "eval"),
     ("qrel-unknown-query", lambda r: _set_line(r, R, 2, "9:999999 0 " + " ".join(_lines(r, R)[1].split()[2:])),
@@ -123,6 +127,20 @@ VARIANTS = [
     ("empty-query-file", lambda r: (r / Q).write_text(""), Q, 1, "empty file", "eval"),
     ("empty-qrels-file", lambda r: (r / R).write_text(""), R, 1, "empty file", "eval"),
     ("empty-instructions", lambda r: (r / I).write_text(""), I, 1, "empty file", "eval"),
+    # The rules for real M-BEIR's quirks: accepted forms stop where the line is malformed.
+    ("task-contradicts-query-modality", lambda r: _edit_json(r, Q, 2, task_id=3), Q, 2,
+     "contradicts query_modality 'text'", "eval"),
+    ("task-contradicts-positive", lambda r: _edit_json(r, Q, 3, task_id=1), Q, 3,
+     "task_id 1 contradicts the modalities text -> image (task 0)", "eval"),
+    ("pos-entry-object-without-did", lambda r: _edit_json(r, Q, 4, pos_cand_list=[{"id": "9:1"}]), Q, 4,
+     "pos_cand_list entry must be a string", "eval"),
+    ("same-dataset-positive-outside-pool", lambda r: _set_line(r, R, 1, _lines(r, R)[0].replace(
+        _lines(r, R)[0].split()[2], _obj(r, P3, 1)["did"])), R, 1, "which is not in", "eval"),
+    ("val-dangling-qrel", lambda r: _set_line(r, RV, 1, _lines(r, RV)[0].replace(_lines(r, RV)[0].split()[2],
+                                                                                "9:999999")),
+     RV, 1, "qrel names candidate 9:999999", "val"),
+    ("val-wrong-column", lambda r: _edit_json(r, QV, 1, qid="0:9999"), QV, 1, "does not belong to column", "val"),
+    ("train-file-wrong-dataset", lambda r: _edit_json(r, T, 1, qid="0:999999"), T, 1, "is not a MSCOCO query", None),
 ]
 
 
@@ -130,7 +148,7 @@ VARIANTS = [
 def broken_copy(tmp_path, mbeir_mini):
     root = tmp_path / "mbeir"
     # Hard-link the images (fast; edits replace them), copy the text files (edits write them).
-    shutil.copytree(mbeir_mini, root, copy_function=lambda src, dst: os.link(src, dst) if src.endswith(".png")
+    shutil.copytree(mbeir_mini, root, copy_function=lambda src, dst: os.link(src, dst) if src.endswith(".jpg")
                     else shutil.copy2(src, dst))
     return root
 
@@ -147,6 +165,10 @@ def test_broken_variant_is_rejected_with_file_and_line(broken_copy, name, mutate
         with pytest.raises(DataError) as err:
             EvalView(broken_copy, "mscoco_task0")
         assert rel in str(err.value) and (line == 0 or f":{line}:" in str(err.value)), str(err.value)
+    elif loader == "val":
+        with pytest.raises(DataError) as err:
+            EvalView(broken_copy, "mscoco_task0", split="val")
+        assert rel in str(err.value) and f":{line}:" in str(err.value), str(err.value)
     elif loader == "train":
         with pytest.raises(DataError) as err:
             MBEIRTrain(broken_copy)

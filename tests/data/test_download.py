@@ -16,6 +16,7 @@ from puma.data.download import (
     RemoteFile,
     download_mbeir,
     download_nli,
+    needed_files,
     select_mbeir,
 )
 
@@ -57,45 +58,54 @@ class FakeHub:
         return dst
 
 
-@pytest.fixture
-def hub(tmp_path, mbeir_mini, nli_mini):
-    repo = tmp_path / "hub_mbeir"
-    for rel in ["instructions/query_instructions.tsv", "query/test/mbeir_mscoco_task0_test.jsonl",
-                "query/union_train/mbeir_union_up_train.jsonl", "qrels/test/mbeir_mscoco_task0_test_qrels.txt",
-                "cand_pool/local/mbeir_mscoco_task0_test_cand_pool.jsonl",
-                "cand_pool/global/mbeir_union_test_cand_pool.jsonl",
-                "cand_pool/global/mbeir_union_train_cand_pool.jsonl"]:
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        (repo / rel).write_bytes((mbeir_mini / rel).read_bytes())
-    # A small image archive in three parts, as on the hub.
+def make_hub_repo(repo: Path, mbeir_mini: Path, image_parts: int = 3, max_images: int | None = 5) -> Path:
+    """A stand-in for the hub repository: every text file of ``mbeir_mini`` (per-dataset train files,
+    val and test splits, pools, qrels, instructions) and its images as a split ``.tar.gz``."""
+    for p in sorted(mbeir_mini.rglob("*")):
+        if p.is_file() and not p.name.endswith(".jpg"):
+            (repo / p.relative_to(mbeir_mini)).parent.mkdir(parents=True, exist_ok=True)
+            (repo / p.relative_to(mbeir_mini)).write_bytes(p.read_bytes())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for img in sorted((mbeir_mini / "mbeir_images/mscoco_images/test").glob("*.png"))[:5]:
+        imgs = sorted((mbeir_mini / "mbeir_images").rglob("*.jpg"))
+        if max_images is not None:
+            imgs = sorted((mbeir_mini / "mbeir_images/mscoco_images/test").glob("*.jpg"))[:max_images]
+        for img in imgs:
             tar.add(img, arcname=str(img.relative_to(mbeir_mini)))
     blob = buf.getvalue()
-    third = len(blob) // 3 + 1
-    for i in range(3):
-        (repo / f"mbeir_images.tar.gz.part-0{i}").write_bytes(blob[i * third:(i + 1) * third])
+    part = len(blob) // image_parts + 1
+    for i in range(image_parts):
+        (repo / f"mbeir_images.tar.gz.part-0{i}").write_bytes(blob[i * part:(i + 1) * part])
+    return repo
+
+
+@pytest.fixture
+def hub(tmp_path, mbeir_mini, nli_mini):
+    repo = make_hub_repo(tmp_path / "hub_mbeir", mbeir_mini)
     nli_repo = tmp_path / "hub_nli"
     nli_repo.mkdir()
     (nli_repo / NLI_FILE).write_bytes(Path(nli_mini).read_bytes())
     return FakeHub({MBEIR_REPO: repo, NLI_REPO: nli_repo})
 
 
-def test_selection_fetches_only_what_a_run_needs():
-    files = [RemoteFile(p) for p in ["instructions/query_instructions.tsv", "query/test/a.jsonl", "query/train/b.jsonl",
-                                     "query/union_train/u.jsonl", "qrels/test/a.txt", "cand_pool/local/a.jsonl",
-                                     "cand_pool/global/mbeir_union_test_cand_pool.jsonl",
-                                     "cand_pool/global/mbeir_union_train_cand_pool.jsonl",
-                                     "mbeir_images.tar.gz.part-00", "README.md"]]
-    test_only = {f.path for f in select_mbeir(files, ["test"], images=False)}
-    assert test_only == {"instructions/query_instructions.tsv", "query/test/a.jsonl", "qrels/test/a.txt",
-                         "cand_pool/local/a.jsonl", "cand_pool/global/mbeir_union_test_cand_pool.jsonl"}
+def test_selection_fetches_exactly_what_the_splits_need():
+    everything = needed_files(["train", "val", "test"])
+    extra = ["query/train/mbeir_cirr_train.jsonl", "README.md", "mbeir_images.tar.gz.part-00"]
+    files = [RemoteFile(p) for p in everything + extra]
+    test_only = [f.path for f in select_mbeir(files, ["test"], images=False)]
+    assert test_only == needed_files(["test"]) and len(test_only) == 16 * 3 + 2  # columns x 3, global, tsv
+    assert "cand_pool/local/mbeir_mscoco_task0_test_cand_pool.jsonl" in test_only
+    assert "cand_pool/local/mbeir_mscoco_task0_cand_pool.jsonl" not in test_only  # MSCOCO's val pool
+    val = set(needed_files(["val"]))
+    assert {"query/union_val/mbeir_union_val.jsonl", "cand_pool/global/mbeir_union_val_cand_pool.jsonl",
+            "cand_pool/local/mbeir_mscoco_task0_cand_pool.jsonl", "qrels/val/mbeir_cirr_task7_val_qrels.txt"} <= val
     train = {f.path for f in select_mbeir(files, ["train"], images=True)}
-    assert {"query/union_train/u.jsonl", "cand_pool/global/mbeir_union_train_cand_pool.jsonl",
-            "mbeir_images.tar.gz.part-00"} <= train and "query/test/a.jsonl" not in train
+    assert train == {"instructions/query_instructions.tsv", "query/union_train/mbeir_union_up_train.jsonl",
+                     "cand_pool/global/mbeir_union_train_cand_pool.jsonl", "mbeir_images.tar.gz.part-00"}
     with pytest.raises(ValueError, match="unknown split"):
         select_mbeir(files, ["dev"], images=False)
+    with pytest.raises(DownloadError, match="1 needed file.* not on the hub, e.g. qrels/test/mbeir_cirr"):
+        select_mbeir([f for f in files if f.path != "qrels/test/mbeir_cirr_task7_test_qrels.txt"], ["test"], False)
 
 
 def test_download_is_verified_and_not_repeated(tmp_path, hub):
@@ -129,7 +139,7 @@ def test_checksum_mismatch_removes_the_file(tmp_path, hub):
 def test_image_parts_are_joined_and_extracted(tmp_path, hub, mbeir_mini):
     out = tmp_path / "m"
     download_mbeir(out, ["test"], images=True, client=hub, log=lambda *_: None)
-    imgs = sorted((out / "mbeir_images/mscoco_images/test").glob("*.png"))
+    imgs = sorted((out / "mbeir_images/mscoco_images/test").glob("*.jpg"))
     assert len(imgs) == 5
     assert imgs[0].read_bytes() == (mbeir_mini / imgs[0].relative_to(out)).read_bytes()
 
