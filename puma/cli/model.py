@@ -24,6 +24,22 @@ def tiny(
     typer.echo(f"wrote tiny Qwen2-VL ({layers} layers, seed {seed}) to {path}")
 
 
+@app.command("random")
+def random_arch(
+    arch: str = typer.Option(..., "--arch", help="2b | 7b (the bundled Qwen2-VL hub configs)"),
+    out: Path = typer.Option(..., "--out", help="directory to write the checkpoint to"),
+    seed: int = typer.Option(0, "--seed", help="weights and tokenizer seed"),
+) -> None:
+    """Write a random-weight Qwen2-VL of the real 2B/7B architecture (bf16 safetensors, tokenizer with [RET])."""
+    from puma.model.random_arch import ARCHES, save_random_arch
+
+    if arch not in ARCHES:
+        typer.echo(f"--arch must be one of {', '.join(ARCHES)}, got {arch!r}", err=True)
+        raise typer.Exit(2)
+    path = save_random_arch(arch, out, seed=seed)
+    typer.echo(f"wrote random Qwen2-VL-{arch.upper()} (bf16, seed {seed}) to {path}")
+
+
 @app.command("prune")
 def prune(
     base: str = typer.Option(None, "--base", help="checkpoint dir or hub id [params model.base]"),
