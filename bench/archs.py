@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import torch
 
+from puma.model.random_arch import fill_random_
+
 ARCHS = ("tiny", "2b", "7b")  # tiny = the embedded default; 2b/7b = hub configs bundled with puma.model
 Kind = Literal["text", "image", "image+text"]
 KINDS: tuple[Kind, ...] = ("text", "image", "image+text")
@@ -63,28 +65,6 @@ def build_random(arch: str, dtype: torch.dtype = torch.float32, device: str = "c
     model = prune_layers(model, k) if k else model
     fill_random_(model, seed)
     return model.eval()
-
-
-@torch.no_grad()
-def fill_random_(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
-    """Fill every weight matrix from one random pool (fast), norms with 1, biases with 0."""
-    gen = torch.Generator().manual_seed(seed)
-    pool = torch.empty(1 << 22).normal_(0.0, std, generator=gen)
-    pools: dict[tuple, torch.Tensor] = {}
-    for name, p in model.named_parameters():  # tied parameters are listed once
-        if name.endswith("bias"):
-            p.zero_()
-        elif p.ndim == 1:
-            p.fill_(1.0)
-        else:
-            key = (p.dtype, p.device)
-            src = pools.setdefault(key, pool.to(dtype=p.dtype, device=p.device))
-            flat = p.view(-1)
-            # A per-parameter offset so layers do not hold identical values.
-            off = int(torch.randint(0, src.numel() // 2, (1,), generator=gen))
-            for start in range(0, flat.numel(), src.numel() - off):
-                n = min(src.numel() - off, flat.numel() - start)
-                flat[start:start + n].copy_(src[off:off + n])
 
 
 def image_grid(config, image_hw: tuple[int, int], min_pixels: int, max_pixels: int) -> tuple[int, int]:

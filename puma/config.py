@@ -271,10 +271,19 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     """
     explicit = path is not None or "PUMA_PARAMS" in os.environ
     path = Path(path if path is not None else os.environ.get("PUMA_PARAMS", DEFAULT_PARAMS))
+    if path.exists():
+        return settings_from_text(path.read_text(), path)
+    if explicit:
+        raise ConfigError(f"{path}: params file not found")
+    return settings_from_text("", path)
+
+
+def settings_from_text(text: str, path: str | os.PathLike = DEFAULT_PARAMS) -> Settings:
+    """Validate params text as if it were the file ``path`` (errors name ``path:line``); env overrides apply."""
+    path = Path(path)
     data: dict[str, Any] = {}
     lines: dict[str, int] = {}
-    if path.exists():
-        text = path.read_text()
+    if text:
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -287,8 +296,6 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
             raise ConfigError(f"{path}:1: top level must be a mapping of sections, got {type(loaded).__name__}")
         data = loaded
         lines = _key_lines(text)
-    elif explicit:
-        raise ConfigError(f"{path}: params file not found")
     # Drop the PUMA_PARAMS pointer itself so it is not read as a (unknown) setting.
     saved = os.environ.pop("PUMA_PARAMS", None)
     try:
@@ -298,3 +305,104 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     finally:
         if saved is not None:
             os.environ["PUMA_PARAMS"] = saved
+
+
+# --- Profiles (puma/profiles.py): the YAML side of `puma config use`, kept here with the one YAML reader.
+
+
+def read_overrides(path: str | os.PathLike) -> dict[str, Any]:
+    """A profile file (nested YAML mapping of sections) as dotted ``key -> value`` overrides."""
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}:1: a profile is a mapping of sections, got {type(loaded).__name__}")
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        # Mappings nest, except under keys whose value is itself a mapping (evaluate.k_overrides).
+        if isinstance(obj, dict) and obj and prefix not in _MAPPING_VALUED:
+            for key, val in obj.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), val)
+        else:
+            out[prefix] = obj
+
+    walk("", loaded)
+    return out
+
+
+_MAPPING_VALUED = {"evaluate.k_overrides"}
+
+
+def _yaml_scalar(value: Any) -> str:
+    """One value in YAML flow style, as it would be written after ``key: `` (``"no"`` stays quoted).
+
+    Small floats keep the file's ``1.0e-4`` style (PyYAML reads ``1e-4`` without the dot as a string).
+    """
+    if isinstance(value, float) and value and abs(value) < 1e-2:
+        mantissa, exp = f"{value:e}".split("e")
+        mantissa = mantissa.rstrip("0")
+        return f"{mantissa}0e{int(exp)}" if mantissa.endswith(".") else f"{mantissa}e{int(exp)}"
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
+    return text.removesuffix("...").strip()
+
+
+def _comment_column(text: str) -> int:
+    """The most common column of comments that follow a value (params.yaml aligns them; 0: none)."""
+    from collections import Counter
+
+    cols = Counter()
+    for line in text.splitlines():
+        code, sep, _ = line.partition(" #")
+        if sep and code.strip() and not code.lstrip().startswith("#"):
+            cols[len(code) + 1] += 1
+    return cols.most_common(1)[0][0] if cols else 0
+
+
+def _replace_keeping_comment(text: str, start: int, end: int, new: str, column: int) -> str:
+    """``text[start:end] = new``; a comment after the value on the same line goes back to ``column``."""
+    gap_end = end
+    while gap_end < len(text) and text[gap_end] == " ":
+        gap_end += 1
+    if gap_end < len(text) and text[gap_end] == "#" and gap_end > end:
+        line_start = text.rfind("\n", 0, start) + 1
+        pad = max(1, column - (start - line_start) - len(new))
+        return text[:start] + new + " " * pad + text[gap_end:]
+    return text[:start] + new + text[end:]
+
+
+def edit_params_text(text: str, edits: dict[str, Any], path: str | os.PathLike = DEFAULT_PARAMS) -> str:
+    """Set dotted keys of params text to new values in place, keeping every comment and the layout.
+
+    Each value is replaced where it stands (its YAML node's span), so the comment beside it stays.
+    A key the text does not have yet is an error naming it (a profile may only edit existing keys).
+    """
+    root = yaml.compose(text)
+    spans: dict[str, tuple[int, int, Any]] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, val_node in node.value:
+                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                spans[key] = (val_node.start_mark.index, val_node.end_mark.index, val_node)
+                if key not in _MAPPING_VALUED:
+                    walk(val_node, key)
+
+    walk(root, "")
+    missing = sorted(k for k in edits if k not in spans)
+    if missing:
+        raise ConfigError(f"{path}: keys not in the file (add them first): {', '.join(missing)}")
+    out, column = text, _comment_column(text)
+    for key in sorted(edits, key=lambda k: spans[k][0], reverse=True):
+        start, end, node = spans[key]
+        if isinstance(node, yaml.MappingNode) and node.flow_style is not True:
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: {key} is a block mapping; edit its keys instead")
+        value = _yaml_scalar(edits[key])
+        if value.startswith("'") and '"' not in value and "\\" not in value:
+            value = '"' + value[1:-1].replace("''", "'") + '"'  # params.yaml quotes with "" ("no")
+        out = _replace_keeping_comment(out, start, end, value, column)
+    return out

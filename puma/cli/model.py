@@ -16,13 +16,42 @@ def tiny(
     out: Path = typer.Option(..., "--out", help="directory to write the checkpoint to"),
     seed: int = typer.Option(0, "--seed", help="weights and tokenizer seed"),
     layers: int = typer.Option(8, "--layers", help="decoder layers of the tiny model"),
+    base: str = typer.Option(None, "--base", help="model.base: when it is not OUT, write only a marker file"),
 ) -> None:
-    """Write the tiny random Qwen2-VL (safetensors + tokenizer with [RET] + processor) to OUT."""
+    """Write the tiny random Qwen2-VL (safetensors + tokenizer with [RET] + processor) to OUT.
+
+    With ``--base`` naming another checkpoint (a hub id, a random 2B), the tiny model is not needed:
+    OUT gets only ``NOT_BUILT.json`` saying so (the DVC stage stays cheap and its output defined).
+    """
+    if base is not None and Path(base).resolve() != out.resolve():
+        from puma.io import atomic_dir, write_json_atomic
+
+        with atomic_dir(out) as tmp:
+            write_json_atomic(tmp / "NOT_BUILT.json", {"model.base": base, "reason": "the pipeline uses model.base, "
+                              "not the embedded tiny model"})
+        typer.echo(f"model.base is {base}: tiny model not built ({out}/NOT_BUILT.json)")
+        return
     from puma.data.corpus import tokenizer_corpus
     from puma.model.tiny import save_tiny
 
     path = save_tiny(out, seed=seed, num_layers=layers, corpus=tokenizer_corpus(seed))
     typer.echo(f"wrote tiny Qwen2-VL ({layers} layers, seed {seed}) to {path}")
+
+
+@app.command("random")
+def random_arch(
+    arch: str = typer.Option(..., "--arch", help="2b | 7b (the bundled Qwen2-VL hub configs)"),
+    out: Path = typer.Option(..., "--out", help="directory to write the checkpoint to"),
+    seed: int = typer.Option(0, "--seed", help="weights and tokenizer seed"),
+) -> None:
+    """Write a random-weight Qwen2-VL of the real 2B/7B architecture (bf16 safetensors, tokenizer with [RET])."""
+    from puma.model.random_arch import ARCHES, save_random_arch
+
+    if arch not in ARCHES:
+        typer.echo(f"--arch must be one of {', '.join(ARCHES)}, got {arch!r}", err=True)
+        raise typer.Exit(2)
+    path = save_random_arch(arch, out, seed=seed)
+    typer.echo(f"wrote random Qwen2-VL-{arch.upper()} (bf16, seed {seed}) to {path}")
 
 
 @app.command("prune")

@@ -47,6 +47,26 @@ def _report(summary: dict, out: Path) -> None:
     typer.echo(json.dumps(summary))
 
 
+def _preflight(settings, stage: str, model: Path, out: Path | None) -> dict:
+    """Print the stage's resource plan (puma/resources.py); exit 2 before loading when it cannot fit."""
+    from puma.resources import ResourceError, preflight
+
+    try:
+        return preflight(settings, stage, model, out, echo=typer.echo)
+    except ResourceError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+def _write_plan(plan: dict, out: Path) -> None:
+    import os
+
+    from puma.resources import write_plan
+
+    if plan and int(os.environ.get("RANK", "0")) == 0:
+        write_plan(plan, out)
+
+
 @app.command("teacher-cache")
 def teacher_cache(
     out: Path = typer.Option(Path("artifacts/teacher_cache"), "--out", help="cache directory to write"),
@@ -59,7 +79,9 @@ def teacher_cache(
     from puma.train.stage1 import build_teacher_cache
 
     settings = settings_or_exit(params)
+    plan = _preflight(settings, "teacher-cache", model, None)
     path = build_teacher_cache(settings, model, out, batch_size=batch_size, progress=progress)
+    _write_plan(plan, out)  # after: the cache directory is replaced whole
     typer.echo(f"wrote teacher cache to {path}")
 
 
@@ -76,6 +98,7 @@ def stage1(
     from puma.train.stage1 import build_teacher_cache, train_stage1
 
     settings = settings_or_exit(params)
+    _preflight(settings, "stage1", model, out)
     if settings.stage1.teacher == "cache" and not (cache / "meta.json").is_file():
         if _launched_world() > 1:  # the process group does not exist yet; the launcher's env says
             typer.echo(f"{cache}: no teacher cache; run `puma train teacher-cache --out {cache}` first", err=True)
@@ -98,5 +121,6 @@ def stage2(
     from puma.train.stage2 import train_stage2
 
     settings = settings_or_exit(params)
+    _preflight(settings, "stage2", model, out)
     summary = train_stage2(settings, model, out, progress=progress, step_loggers=_step_loggers(settings))
     _report(summary, out)
