@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from bench.archs import DTYPES, build_random, encode, make_batch, param_bytes, pruned_copy
-from bench.harness import interleaved, machine_info, paired_ratio, render_markdown, speed_row, stats
+from bench.harness import interleaved, machine_info, paired_ratio, render_markdown, stats
 from bench.memory import lora_step, lora_student
 from bench.prune_speed import PAPER_7B, measure_kind, usable_attn
 from bench.run_all import run_one
@@ -244,10 +244,10 @@ def part_encode(check: Check) -> dict[str, Any]:
     section = {"title": "Encode: pruned vs full", "tables": tables,
                "meta": {"device": check.device, "dtype": p.dtype, "batch": p.batch, "kinds": ", ".join(p.kinds),
                         "image": f"{p.image_hw[0]}x{p.image_hw[1]} in [{p.min_pixels}, {p.max_pixels}] pixels"},
-               "notes": ["speedup = full time / pruned time per round; efficiency = speedup / FLOPs ratio "
-                         "(1.0 = the FLOPs-implied bound; paper 7B: 1.96 / 2.11 = 0.926).",
-                         "peak GiB = the side's own weights (the retriever: no lm_head) + the peak extra "
-                         "allocation of one encode (the pruned copy shares the full model's weights)."]}
+               "notes": [("speedup = full time / pruned time per round; efficiency = speedup / FLOPs ratio "
+                         "(1.0 = the FLOPs-implied bound; paper 7B: 1.96 / 2.11 = 0.926)."),
+                         ("peak GiB = the side's own weights (the retriever: no lm_head) + the peak extra "
+                         "allocation of one encode (the pruned copy shares the full model's weights).")]}
     check.report["benchmarks"]["encode"] = section
     attns, why = usable_attn(list(p.attn), check.device, check.dtype)
     for arch in p.archs:
@@ -267,7 +267,7 @@ def part_encode(check: Check) -> dict[str, Any]:
                 try:
                     rows = measure_kind(model, model.config, run, kind, bench, check.device, check.sync)
                     memory.append(encode_memory(check, model, kind, run.arch, attn))
-                except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+                except Exception as e:  # noqa: BLE001  one failure (OOM, a missing kernel) must not cost the rest
                     missing.append(not_measured(what, f"{'out of memory' if oom(e) else 'failed'}: {e}"[:300]))
                     check.free()
                     continue
@@ -317,11 +317,11 @@ def part_train(check: Check) -> dict[str, Any]:
                "meta": {"device": check.device, "dtype": p.dtype, "kind": "image+text",
                         "batch": f"{p.train_batch} (query, candidate) pairs", "rounds": p.train_repeats},
                "tables": {"training step": rows, "not measured": missing},
-               "notes": ["One step = query and candidate batches through the model, InfoNCE (Eq. 3), backward, "
+               "notes": [("One step = query and candidate batches through the model, InfoNCE (Eq. 3), backward, "
                          "AdamW on the adapter (bench.memory.lora_step); no teacher. Both sides share one "
-                         "set of base weights; gradient checkpointing is non-reentrant, per decoder layer.",
-                         "peak GiB = the side's weights + adapter + AdamW state + the step's peak extra "
-                         "allocation (measured). samples/s counts pairs."]}
+                         "set of base weights; gradient checkpointing is non-reentrant, per decoder layer."),
+                         ("peak GiB = the side's weights + adapter + AdamW state + the step's peak extra "
+                         "allocation (measured). samples/s counts pairs.")]}
     check.report["benchmarks"]["train"] = section
     for arch in p.archs:
         if check.left() < p.min_step_s:
@@ -329,7 +329,7 @@ def part_train(check: Check) -> dict[str, Any]:
             continue
         try:
             rows += train_arch(check, arch, missing)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+        except Exception as e:  # noqa: BLE001  one failure (OOM, a missing kernel) must not cost the rest
             missing.append(not_measured(arch, f"{'out of memory' if oom(e) else 'failed'}: {e}"[:300]))
         check.free()
         check.log(f"train {arch}: done")
@@ -355,7 +355,7 @@ def train_arch(check: Check, arch: str, missing: list) -> list[dict[str, Any]]:
             try:
                 peft_model, opt = lora_student(twin, p.lora_r, gradient_checkpointing=ckpt == "on")
                 lora_step(peft_model, opt, batches, p.tau)  # trial step: warmup, allocates AdamW state
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            except Exception as e:  # noqa: BLE001  one failure (OOM, a missing kernel) must not cost the rest
                 missing.append(not_measured(f"{arch} {name}", f"{'out of memory' if oom(e) else 'failed'}: "
                                                               f"{e}"[:300]))
                 twin = peft_model = opt = None
@@ -400,9 +400,9 @@ def part_search(check: Check) -> dict[str, Any]:
                "meta": {"device": check.device, "pool": f"{p.search_n} x {p.search_dim} float16",
                         "queries": p.search_queries, "top-k": p.search_k, "checked queries": p.search_check},
                "tables": {"exact search": rows, "not measured": missing},
-               "notes": ["fp16: fp16 inputs and scores (tensor cores); fp32: the same fp16 values in float32 "
+               "notes": [("fp16: fp16 inputs and scores (tensor cores); fp32: the same fp16 values in float32 "
                          "(no TF32). 'same top-k' = fraction of (query, rank) slots equal to numpy's float32 "
-                         "result; 'overlap' = fraction of numpy's top-k ids found (order ignored)."]}
+                         "result; 'overlap' = fraction of numpy's top-k ids found (order ignored).")]}
     check.report["benchmarks"]["search"] = section
     gen = torch.Generator(device=check.device).manual_seed(0)
 
@@ -421,7 +421,7 @@ def part_search(check: Check) -> dict[str, Any]:
     times = interleaved(fns, repeats=p.search_repeats, warmup=1, sync=check.sync)
     for name, (q, pool) in sides.items():
         _, got = torch_topk(q[:p.search_check], pool, p.search_k)
-        rows.append(agreement(dict(path=f"torch {name} ({check.device})"), got.cpu().numpy(), want)
+        rows.append(agreement({"path": f"torch {name} ({check.device})"}, got.cpu().numpy(), want)
                     | {"queries/s": stats([p.search_queries / t for t in times[name]]),
                        "numpy queries/s (CPU, checked subset)": cpu_qps})
     del sides, fns
@@ -509,9 +509,9 @@ def paper_table(report: dict[str, Any]) -> dict[str, Any]:
                                                     "flops ratio", "efficiency")},
                      "peak GiB full": mem.get("peak GiB full"), "peak GiB pruned": mem.get("peak GiB pruned")})
     return {"title": "Paper Table 2 (k = 12 of 28, batch 64) beside this run's main k", "rows": rows,
-            "notes": ["The paper's TFLOPs per sample come from its own input lengths; ours are "
+            "notes": [("The paper's TFLOPs per sample come from its own input lengths; ours are "
                       "puma.model.flops.forward_flops for the exact batch measured (seq and image tokens "
-                      "in the encode section)."]}
+                      "in the encode section).")]}
 
 
 PART_FNS = {"encode": part_encode, "train": part_train, "search": part_search, "tests": part_tests}

@@ -206,8 +206,8 @@ def render_markdown(report: Mapping[str, Any], title: str = "PUMA benchmarks",
                 lines += [f"- {key}: {fmt_cell(val)}"]
         if sec.get("wall_s") is not None:
             lines += [f"- wall time: {sec['wall_s']:.0f} s"]
-        for title, rows in _row_groups(sec):
-            lines += ["", f"**{title}**" if title else ""]
+        for group, rows in _row_groups(sec):
+            lines += ["", f"**{group}**" if group else ""]
             lines += ["", *_table(rows)] if rows else ["(no rows)"]
         lines += [f"\n> {note}" for note in sec.get("notes", [])]
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
