@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: install run test test-slow test-all bench lint lock clean help
+.PHONY: install run test test-slow test-all bench gpu-check lint lock clean help
 .PHONY: flow prefect-up prefect-run prefect-down mlflow-ui
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make test       install .venv and run the default test suite (no slow/gpu/network tests)"
 	@echo "make test-slow  the slow tests (multi-process, kill -9 resume, end-to-end flow)"
 	@echo "make bench      benchmarks -> reports/bench.json + reports/bench.md"
+	@echo "make gpu-check  the GPU check on a bare GPU machine (system python3, no install; ARGS=--dry-run on CPU)"
 	@echo "make lock       re-resolve requirements/lock.txt from pyproject.toml"
 	@echo "make flow       the same pipeline as a Prefect flow run (temporary local server)"
 	@echo "make prefect-up local Prefect server + process worker on 127.0.0.1:4200, deployment puma/full-pipeline"
@@ -66,6 +67,10 @@ test-all: install
 
 bench: install
 	python bench/run_all.py
+
+# No `install`: it runs on the bare device machine with its own python3 (bench/README.md: GPU check).
+gpu-check:
+	bash bench/gpu_check.sh $(if $(OUT),--out $(OUT)) $(ARGS)
 
 lint: install
 	ruff check puma flows tests bench

@@ -27,13 +27,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def build_random(arch: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                 attn_implementation: str = "sdpa", seed: int = 0, tiny_depth: int = 8, k: int | None = None):
+                 attn_implementation: str = "sdpa", seed: int = 0, tiny_depth: int = 8, k: int | None = None,
+                 config=None):
     """A ``Qwen2VLForConditionalGeneration`` of ``arch`` with random weights, in eval mode.
 
     ``arch="tiny"`` is the embedded default (:func:`puma.model.tiny.build_tiny`); ``2b``/``7b`` load
     the bundled hub config. Norm weights are 1 and biases 0 (activations keep a sane scale through
     28 layers). With ``k``, the model is cut by :func:`puma.model.prune_layers` *before* its weights
     are written (a ``Qwen2VLModel`` is returned), so the dropped layers never occupy memory.
+    ``config`` replaces the bundled one of ``2b``/``7b`` (e.g. a scaled-down copy for a dry run).
     """
     from transformers import Qwen2VLForConditionalGeneration
     from transformers.initialization import no_init_weights
@@ -51,7 +53,7 @@ def build_random(arch: str, dtype: torch.dtype = torch.float32, device: str = "c
         model.config._attn_implementation = attn_implementation
         model = prune_layers(model, k) if k else model
         return model.to(device=device, dtype=dtype).eval()
-    config = load_config(arch)
+    config = copy.deepcopy(config) if config is not None else load_config(arch)
     config._attn_implementation = attn_implementation
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -182,12 +182,13 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
+def render_markdown(report: Mapping[str, Any], title: str = "PUMA benchmarks",
+                    producer: str = "`make bench` (bench/run_all.py)") -> str:
     """The human-readable report: machine, then one section per benchmark (meta lines + table)."""
-    lines = ["# PUMA benchmarks", "",
+    lines = [f"# {title}", "",
              (f"Run {report.get('started', '?')}, {report.get('wall_s', 0):.0f} s in all. "
               "Figures are medians of interleaved runs; `±` is the interquartile range relative to the "
-              "median. Ratios are paired per round. Produced by `make bench` (bench/run_all.py)."), "",
+              f"median. Ratios are paired per round. Produced by {producer}."), "",
              ]
     if report.get("headline"):
         lines += ["## Headline: pruned vs full encode, main k", "", *_table(report["headline"]), ""]
@@ -206,8 +207,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 lines += [f"- {key}: {fmt_cell(val)}"]
         if sec.get("wall_s") is not None:
             lines += [f"- wall time: {sec['wall_s']:.0f} s"]
-        for title, rows in _row_groups(sec):
-            lines += ["", f"**{title}**" if title else ""]
+        for group, rows in _row_groups(sec):
+            lines += ["", f"**{group}**" if group else ""]
             lines += ["", *_table(rows)] if rows else ["(no rows)"]
         lines += [f"\n> {note}" for note in sec.get("notes", [])]
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"

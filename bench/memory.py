@@ -96,22 +96,39 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 def train_step(model, batches, lora_r: int, tau: float) -> None:
     """One LoRA step: [RET] states of a query and a candidate batch, InfoNCE (Eq. 3), backward, AdamW."""
+    lora_step(*lora_student(model, lora_r), batches, tau)
+
+
+def lora_student(model, lora_r: int, gradient_checkpointing: bool = False):
+    """``model`` (a ``Qwen2VLModel``, changed in place) with LoRA on the decoder projections, in train mode.
+
+    Returns ``(peft_model, AdamW over the adapter)``. With ``gradient_checkpointing`` each decoder layer
+    recomputes its activations in the backward pass (non-reentrant, so the frozen inputs need no grad).
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from bench.archs import encode
-    from puma.losses import info_nce
     from puma.train.runner import LORA_TARGETS
 
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=LORA_TARGETS))
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    return peft_model, torch.optim.AdamW(params, lr=1e-4)
+
+
+def lora_step(peft_model, opt, batches, tau: float) -> float:
+    """Query batch and candidate batch through the model, InfoNCE (Eq. 3), backward, AdamW step; the loss."""
+    from bench.archs import encode
+    from puma.losses import info_nce
+
     inner = peft_model.get_base_model()
     loss = info_nce(encode(inner, batches[0]), encode(inner, batches[1]), tau)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
 
 
 def spawn(spec: dict[str, Any], timeout: int = 600) -> dict[str, Any]:

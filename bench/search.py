@@ -31,6 +31,24 @@ def numpy_topk(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
+def torch_topk(queries, pool, k: int, query_chunk: int = 2048):
+    """Exact top-k by inner product on torch tensors (any device), chunked over the queries.
+
+    ``queries`` (Q, D) and ``pool`` (N, D) share one dtype: float16 runs on the tensor cores with fp16
+    scores, float32 in full fp32. Returns ``(scores (Q, k) float32, rows (Q, k) int64)``, best first;
+    the order among equal scores is torch's (unlike :func:`puma.index.search`, which fixes it).
+    """
+    import torch
+
+    out_s, out_r = [], []
+    for lo in range(0, queries.shape[0], query_chunk):
+        scores = queries[lo:lo + query_chunk] @ pool.T  # (q, N)
+        s, r = torch.topk(scores, min(k, pool.shape[0]), dim=1)  # (q, k), sorted
+        out_s.append(s.float())
+        out_r.append(r)
+    return torch.cat(out_s), torch.cat(out_r)
+
+
 def run(n: int = 100_000, dim: int = 1536, nq: int = 1000, k: int = 10, shard_rows: int = 25_000,
         repeats: int = 3) -> dict:
     rng = np.random.default_rng(0)
