@@ -50,7 +50,9 @@ def random_arch(
     if arch not in ARCHES:
         typer.echo(f"--arch must be one of {', '.join(ARCHES)}, got {arch!r}", err=True)
         raise typer.Exit(2)
-    path = save_random_arch(arch, out, seed=seed)
+    from puma.data.corpus import tokenizer_corpus
+
+    path = save_random_arch(arch, out, tokenizer_corpus(seed), seed=seed)
     typer.echo(f"wrote random Qwen2-VL-{arch.upper()} (bf16, seed {seed}) to {path}")
 
 

@@ -13,6 +13,7 @@ and is a drop-in ``model.base`` for the whole pipeline (profile ``rehearsal-2b``
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -66,8 +67,12 @@ def random_config(arch: str, tokenizer):
     return config
 
 
-def build_random_arch(arch: str, seed: int = 0, device: str | torch.device = "cpu", dtype=torch.bfloat16):
+def build_random_arch(arch: str, corpus: Iterable[str], seed: int = 0, device: str | torch.device = "cpu",
+                      dtype=torch.bfloat16):
     """``(model, processor)``: a random ``Qwen2VLForConditionalGeneration`` of ``arch`` and its processor.
+
+    ``corpus``: the text the offline tokenizer is trained on (the CLI passes the embedded default's,
+    :func:`puma.data.corpus.tokenizer_corpus`; ``puma.model`` does not depend on the synthetic world).
 
     ``device="meta"`` builds the structure only (no memory; for configs and parameter counts).
     Deterministic for ``seed`` (weights from :func:`fill_random_`; norms 1, biases 0).
@@ -78,7 +83,7 @@ def build_random_arch(arch: str, seed: int = 0, device: str | torch.device = "cp
     from puma.model.processor import QWEN2VL_CHAT_TEMPLATE, PumaQwen2VLProcessor, _image_processor_class
     from puma.model.tiny import train_tokenizer
 
-    tokenizer = train_tokenizer(seed)
+    tokenizer = train_tokenizer(corpus)
     config = random_config(arch, tokenizer)
     config.dtype = dtype
     previous = torch.get_default_dtype()
@@ -99,11 +104,12 @@ def build_random_arch(arch: str, seed: int = 0, device: str | torch.device = "cp
     return model.eval(), processor
 
 
-def save_random_arch(arch: str, out: str | os.PathLike, seed: int = 0, dtype=torch.bfloat16) -> Path:
+def save_random_arch(arch: str, out: str | os.PathLike, corpus: Iterable[str], seed: int = 0,
+                     dtype=torch.bfloat16) -> Path:
     """Write the random ``arch`` checkpoint (safetensors, config, tokenizer, processor) to ``out`` atomically."""
     from puma.io import atomic_dir
 
-    model, processor = build_random_arch(arch, seed, "cpu", dtype)
+    model, processor = build_random_arch(arch, corpus, seed, "cpu", dtype)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

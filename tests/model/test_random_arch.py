@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from puma.data.corpus import tokenizer_corpus
 from puma.model.prune import count_params, prune_layers
 from puma.model.random_arch import build_random_arch
 
@@ -14,7 +15,7 @@ from puma.model.random_arch import build_random_arch
     ("7b", 3584, 152064, 8_291_375_616, None),
 ])
 def test_random_arch_on_meta(arch, hidden, vocab, full, pruned):
-    model, processor = build_random_arch(arch, device="meta")
+    model, processor = build_random_arch(arch, tokenizer_corpus(0), device="meta")
     text = model.config.text_config
     assert (text.num_hidden_layers, text.hidden_size, text.vocab_size) == (28, hidden, vocab)
     assert next(model.parameters()).device.type == "meta" and next(model.parameters()).dtype == torch.bfloat16
@@ -39,7 +40,7 @@ def test_random_arch_on_meta(arch, hidden, vocab, full, pruned):
 
 def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_random_arch("13b", device="meta")
+        build_random_arch("13b", tokenizer_corpus(0), device="meta")
 
 
 @pytest.mark.slow
@@ -49,7 +50,7 @@ def test_random_2b_saves_and_loads_with_plain_from_pretrained(tmp_path):
     from puma.model.processor import load_processor
     from puma.model.random_arch import save_random_arch
 
-    out = save_random_arch("2b", tmp_path / "r2b")
+    out = save_random_arch("2b", tmp_path / "r2b", tokenizer_corpus(0))
     assert (out / "model.safetensors").is_file() or list(out.glob("model-*.safetensors"))
     model = Qwen2VLForConditionalGeneration.from_pretrained(out)
     assert model.dtype == torch.bfloat16 and model.config.text_config.num_hidden_layers == 28
