@@ -35,8 +35,9 @@ as_pg() {  # initdb and postgres refuse to run as root: use the distribution's `
 free_port() { python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 secret() { python -c "import secrets; print(secrets.token_hex(24))"; }
 
-wait_http() {  # wait_http URL NAME LOG
+wait_http() {  # wait_http URL NAME LOG [PIDNAME]: until it answers, the process exits, or 3 minutes
   for _ in $(seq 1 180); do
+    if [[ -n ${4:-} ]] && ! kill -0 "$(cat "$STATE/$4.pid")" 2>/dev/null; then break; fi
     if python -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$1" 2>/dev/null; then
       echo "  $2 ready: $1"; return 0
     fi
@@ -116,7 +117,7 @@ SQL
 
   echo "S3 endpoint (moto server, in memory) on 127.0.0.1:$MINIO_PORT"
   start_bg s3 "$VENV_INFRA/bin/moto_server" -H 127.0.0.1 -p "$MINIO_PORT"
-  wait_http "http://127.0.0.1:$MINIO_PORT/moto-api/" "S3" "$LOGS/s3.log"
+  wait_http "http://127.0.0.1:$MINIO_PORT/moto-api/" "S3" "$LOGS/s3.log" s3
   AWS_ACCESS_KEY_ID=$MINIO_ROOT_USER AWS_SECRET_ACCESS_KEY=$MINIO_ROOT_PASSWORD "$VENV_INFRA/bin/python" -c \
     "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').create_bucket(Bucket=sys.argv[2])" \
     "http://127.0.0.1:$MINIO_PORT" "$MLFLOW_BUCKET"
@@ -126,16 +127,16 @@ SQL
   MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$MINIO_PORT AWS_ACCESS_KEY_ID=$MINIO_ROOT_USER \
   AWS_SECRET_ACCESS_KEY=$MINIO_ROOT_PASSWORD AWS_DEFAULT_REGION=us-east-1 \
     start_bg mlflow "$VENV_INFRA/bin/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
-      --backend-store-uri "postgresql://mlflow:$MLFLOW_DB_PASSWORD@127.0.0.1:$PG_PORT/mlflow" \
+      --backend-store-uri "postgresql+psycopg2://mlflow:$MLFLOW_DB_PASSWORD@127.0.0.1:$PG_PORT/mlflow" \
       --artifacts-destination "s3://$MLFLOW_BUCKET/artifacts" --serve-artifacts
-  wait_http "http://127.0.0.1:$MLFLOW_PORT/health" "MLflow" "$LOGS/mlflow.log"
+  wait_http "http://127.0.0.1:$MLFLOW_PORT/health" "MLflow" "$LOGS/mlflow.log" mlflow
 
   echo "Prefect server ($("$BIN/prefect" --version)) on 127.0.0.1:$PREFECT_PORT, database postgresql prefect"
   export PREFECT_HOME=$STATE/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false
   mkdir -p "$PREFECT_HOME"
   PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$PREFECT_DB_PASSWORD@127.0.0.1:$PG_PORT/prefect" \
     start_bg prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
-  wait_http "http://127.0.0.1:$PREFECT_PORT/api/health" "Prefect" "$LOGS/prefect-server.log"
+  wait_http "http://127.0.0.1:$PREFECT_PORT/api/health" "Prefect" "$LOGS/prefect-server.log" prefect-server
 
   eval "$(client_env)"
   export PUMA_REPO=$REPO

@@ -43,7 +43,7 @@ def test_every_published_port_is_bound_to_localhost(compose):
 
 def test_backends_and_storage(compose):
     s = compose["services"]
-    assert "postgresql://" in s["mlflow"]["command"] and "s3://" in s["mlflow"]["command"]
+    assert "postgresql+psycopg2://" in s["mlflow"]["command"] and "s3://" in s["mlflow"]["command"]
     assert s["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert s["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     assert s["prefect-server"]["image"].endswith("3.8.8-python3.11")  # the same Prefect as requirements/lock.txt
@@ -99,7 +99,7 @@ def test_local_stack_runs_what_the_compose_file_declares(compose):
     s = compose["services"]
     for flag in ("--backend-store-uri", "--artifacts-destination", "--serve-artifacts"):
         assert flag in s["mlflow"]["command"] and flag in stack, flag
-    assert '"postgresql://mlflow:$MLFLOW_DB_PASSWORD@' in stack and '"s3://$MLFLOW_BUCKET/artifacts"' in stack
+    assert '"postgresql+psycopg2://mlflow:$MLFLOW_DB_PASSWORD@' in stack and '"s3://$MLFLOW_BUCKET/artifacts"' in stack
     assert "PREFECT_API_DATABASE_CONNECTION_URL=\"postgresql+asyncpg://prefect:$PREFECT_DB_PASSWORD@" in stack
     worker = s["prefect-worker"]
     art = worker["environment"]["PUMA_TRACKING__ARTIFACT_LOCATION"]
