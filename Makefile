@@ -85,3 +85,28 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Team infrastructure without Docker (README: Team infrastructure): PostgreSQL, S3 (moto), MLflow and
+# Prefect servers as local processes (infra/local_stack.sh). Their server-side packages live in their own
+# venv, .venv-infra/, from requirements/infra.txt, so .venv is never changed by them.
+.PHONY: infra-venv infra-up infra-down test-infra
+VENV_INFRA := .venv-infra
+INFRA_STAMP := $(VENV_INFRA)/.installed-$(shell sha256sum requirements/infra.txt 2>/dev/null | cut -c1-16)
+
+infra-venv: $(INFRA_STAMP)
+
+$(INFRA_STAMP):
+	@test -x $(VENV_INFRA)/bin/python || python3 -m venv $(VENV_INFRA)
+	$(VENV_INFRA)/bin/python -m pip install -q --disable-pip-version-check -r requirements/infra.txt
+	@rm -f $(VENV_INFRA)/.installed-*
+	@touch $@
+
+infra-up: install infra-venv
+	infra/local_stack.sh up
+
+infra-down:
+	infra/local_stack.sh down
+
+# The whole default pipeline through the stack (about 10 min on 2 cores): not part of `make test`.
+test-infra: install infra-venv
+	python -m pytest -q -s -m infra tests/pipeline/test_infra_stack.py

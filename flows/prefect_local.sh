@@ -4,7 +4,8 @@
 #                                 deploy prefect.yaml (puma/full-pipeline), start a worker; logs in .prefect/
 #   flows/prefect_local.sh run [prefect deployment run options]   run puma/full-pipeline and wait for it
 #   flows/prefect_local.sh down   stop the worker and the server started by `up`
-# PREFECT_PORT (default 4200) and PREFECT_HOME (default <repo>/.prefect) may be set.
+# PREFECT_PORT (default 4200), PREFECT_HOME (default <repo>/.prefect) and GPU_SLOTS (default 1: how many
+# `gpu`-tagged stage tasks may run at once across all flow runs, Prefect's tag concurrency limit) may be set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -47,6 +48,7 @@ case "${1:-}" in
     fi
     wait_healthy
     "$BIN/prefect" work-pool create "$POOL" --type process --overwrite >/dev/null
+    "$BIN/prefect" concurrency-limit create gpu "${GPU_SLOTS:-1}" >/dev/null  # GPU stages: one at a time
     "$BIN/prefect" --no-prompt deploy --all >"$PREFECT_HOME/deploy.log" 2>&1 || { cat "$PREFECT_HOME/deploy.log" >&2; exit 1; }
     if ! { [[ -f $PREFECT_HOME/worker.pid ]] && kill -0 "$(cat "$PREFECT_HOME/worker.pid")" 2>/dev/null; }; then
       nohup "$BIN/prefect" worker start --pool "$POOL" --type process >"$PREFECT_HOME/worker.log" 2>&1 &

@@ -31,7 +31,15 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # a worker loads this file by path (entrypoint): make `flows` importable
     sys.path.insert(0, str(REPO))
 
+from flows.result import ARTIFACT_KEY, result_markdown
 from flows.summary import format_summary, pipeline_summary
+
+# Stages that put a model on the GPU (teacher embeddings, the two training stages, corpus embedding).
+# Their tasks carry this tag; a Prefect tag concurrency limit (`prefect concurrency-limit create gpu 1`,
+# made by flows/prefect_local.sh up, infra/local_stack.sh up and the compose worker) lets only that many
+# run at once across all flow runs on the server, so two runs never train on one GPU together.
+GPU_TAG = "gpu"
+GPU_STAGES = frozenset({"teacher_cache", "stage1", "stage2", "evaluate"})
 
 
 class StageFailed(RuntimeError):
@@ -171,10 +179,14 @@ def puma(
     results = []
     forced = set(stages or order) if force else set()
     for stage in order:
-        run = dvc_stage.with_options(retries=retries)
+        run = dvc_stage.with_options(retries=retries, tags={GPU_TAG} if stage in GPU_STAGES else set())
         results.append(run(stage, str(root), stage_timeout_s, stage in forced))
     summary = {"stages": results, **pipeline_summary(root)}
     print(format_summary(summary))
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=result_markdown(root, results), key=ARTIFACT_KEY,
+                             description="Table-1 scores, registry decision, MLflow links")
     return summary
 
 

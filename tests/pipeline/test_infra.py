@@ -43,7 +43,7 @@ def test_every_published_port_is_bound_to_localhost(compose):
 
 def test_backends_and_storage(compose):
     s = compose["services"]
-    assert "postgresql://" in s["mlflow"]["command"] and "s3://" in s["mlflow"]["command"]
+    assert "postgresql+psycopg2://" in s["mlflow"]["command"] and "s3://" in s["mlflow"]["command"]
     assert s["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert s["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     assert s["prefect-server"]["image"].endswith("3.8.8-python3.11")  # the same Prefect as requirements/lock.txt
@@ -91,3 +91,23 @@ def test_docker_compose_config_accepts_it():
     res = subprocess.run(["docker", "compose", "-f", str(INFRA / "docker-compose.yml"), "--env-file",
                           str(INFRA / ".env.example"), "config", "--quiet"], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_local_stack_runs_what_the_compose_file_declares(compose):
+    """infra/local_stack.sh (what `make test-infra` runs) and the compose file: same servers, flags, names."""
+    stack = (INFRA / "local_stack.sh").read_text()
+    s = compose["services"]
+    for flag in ("--backend-store-uri", "--artifacts-destination", "--serve-artifacts"):
+        assert flag in s["mlflow"]["command"] and flag in stack, flag
+    assert '"postgresql+psycopg2://mlflow:$MLFLOW_DB_PASSWORD@' in stack and '"s3://$MLFLOW_BUCKET/artifacts"' in stack
+    assert "PREFECT_API_DATABASE_CONNECTION_URL=\"postgresql+asyncpg://prefect:$PREFECT_DB_PASSWORD@" in stack
+    worker = s["prefect-worker"]
+    art = worker["environment"]["PUMA_TRACKING__ARTIFACT_LOCATION"]
+    assert f"export PUMA_TRACKING__ARTIFACT_LOCATION={art}\n" in stack
+    assert "concurrency-limit create gpu ${GPU_SLOTS:-1}" in worker["command"]
+    assert 'concurrency-limit create gpu "${GPU_SLOTS:-1}"' in stack
+    # Every secret / port the script takes from the environment has the compose file's name.
+    for name in ("MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
+                 "MLFLOW_BUCKET", "MLFLOW_PORT", "PREFECT_PORT", "MINIO_PORT", "GPU_SLOTS"):
+        assert f"${{{name}:-" in stack and name in _env_example(), name
+    assert "127.0.0.1" in stack and "0.0.0.0" not in stack
