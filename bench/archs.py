@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from puma.model.random_arch import fill_random_
+from puma.model.random_arch import empty_model, fill_random_
 
 ARCHS = ("tiny", "2b", "7b")  # tiny = the embedded default; 2b/7b = hub configs bundled with puma.model
 Kind = Literal["text", "image", "image+text"]
@@ -37,9 +37,6 @@ def build_random(arch: str, dtype: torch.dtype = torch.float32, device: str = "c
     are written (a ``Qwen2VLModel`` is returned), so the dropped layers never occupy memory.
     ``config`` replaces the bundled one of ``2b``/``7b`` (e.g. a scaled-down copy for a dry run).
     """
-    from transformers import Qwen2VLForConditionalGeneration
-    from transformers.initialization import no_init_weights
-
     from puma.model import prune_layers
     from puma.model.flops import load_config
 
@@ -55,15 +52,7 @@ def build_random(arch: str, dtype: torch.dtype = torch.float32, device: str = "c
         return model.to(device=device, dtype=dtype).eval()
     config = copy.deepcopy(config) if config is not None else load_config(arch)
     config._attn_implementation = attn_implementation
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        # Uninitialised (untouched, so not yet resident) storage; filled below.
-        with torch.device(device), no_init_weights():
-            model = Qwen2VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.tie_weights()  # no_init_weights skips tying; the 2B shares embed_tokens with lm_head
+    model = empty_model(config, dtype, device)  # uninitialised storage, filled below
     model = prune_layers(model, k) if k else model
     fill_random_(model, seed)
     return model.eval()

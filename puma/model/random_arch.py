@@ -67,6 +67,24 @@ def random_config(arch: str, tokenizer):
     return config
 
 
+def empty_model(config, dtype: torch.dtype, device: str | torch.device = "cpu"):
+    """A ``Qwen2VLForConditionalGeneration`` of ``config`` in ``dtype`` on ``device`` with UNINITIALISED
+    weights (untouched storage, not yet resident; fill it, e.g. with :func:`fill_random_`), embeddings tied
+    where the config says so. ``device="meta"`` gives the structure only."""
+    from transformers import Qwen2VLForConditionalGeneration
+    from transformers.initialization import no_init_weights
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device), no_init_weights():
+            model = Qwen2VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.tie_weights()  # no_init_weights skips tying; the 2B shares embed_tokens with lm_head
+    return model
+
+
 def build_random_arch(arch: str, corpus: Iterable[str], seed: int = 0, device: str | torch.device = "cpu",
                       dtype=torch.bfloat16):
     """``(model, processor)``: a random ``Qwen2VLForConditionalGeneration`` of ``arch`` and its processor.
@@ -77,23 +95,13 @@ def build_random_arch(arch: str, corpus: Iterable[str], seed: int = 0, device: s
     ``device="meta"`` builds the structure only (no memory; for configs and parameter counts).
     Deterministic for ``seed`` (weights from :func:`fill_random_`; norms 1, biases 0).
     """
-    from transformers import Qwen2VLForConditionalGeneration
-    from transformers.initialization import no_init_weights
-
     from puma.model.processor import QWEN2VL_CHAT_TEMPLATE, PumaQwen2VLProcessor, _image_processor_class
     from puma.model.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(corpus)
     config = random_config(arch, tokenizer)
     config.dtype = dtype
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device), no_init_weights():
-            model = Qwen2VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.tie_weights()  # no_init_weights skips tying; the 2B shares embed_tokens with lm_head
+    model = empty_model(config, dtype, device)
     if str(device) != "meta":
         fill_random_(model, seed)
     image_processor = _image_processor_class()(
