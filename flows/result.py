@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flows.summary import METRICS, REGISTRY
+from flows.summary import pipeline_outputs
 from puma.report import table1_markdown
 from puma.tracking import read_metrics
 
@@ -69,12 +69,18 @@ def _mlflow_section(reg: dict[str, Any]) -> list[str]:
     return lines
 
 
-def result_markdown(root: str | Path, stages: list[dict[str, Any]] | None = None) -> str:
+def result_markdown(root: str | Path, stages: list[dict[str, Any]] | None = None,
+                    outputs: dict[str, Path] | None = None) -> str:
     """The artifact's markdown for the pipeline outputs under ``root`` (whatever of them exists).
 
     ``stages`` are the flow's per-stage results (``stage``, ``seconds``, ``skipped``), listed when given.
+    ``outputs``: ``metrics`` / ``registry`` -> path relative to ``root``; by default the files the
+    pipeline of ``root/dvc.yaml`` writes (:func:`flows.summary.pipeline_outputs`, the one owner).
     """
     root = Path(root)
+    if outputs is None:
+        outputs = {k: p.relative_to(root) for k, p in pipeline_outputs(root).items()}
+    METRICS, REGISTRY = outputs["metrics"], outputs["registry"]
     lines = ["# PUMA pipeline result", ""]
     metrics_path = root / METRICS
     if metrics_path.exists():

@@ -8,8 +8,12 @@ import pytest
 import yaml
 
 from flows.result import mlflow_ui_links, result_markdown
-from flows.summary import METRICS, REGISTRY
+from flows.summary import REPO, pipeline_outputs
 from puma.data.columns import TABLE1_COLUMNS
+
+# The pipeline's real output layout (from dvc.yaml), relocated under each test's tmp_path.
+OUTPUTS = {k: p.relative_to(REPO) for k, p in pipeline_outputs(REPO).items()}
+METRICS, REGISTRY = OUTPUTS["metrics"], OUTPUTS["registry"]
 
 
 def _write(root, metrics=None, registry=None):
@@ -37,7 +41,7 @@ REG = {"tracking_uri": "http://127.0.0.1:5123", "experiment_id": "7", "parent_ru
 
 def test_markdown_has_both_pools_the_decision_and_server_links(tmp_path):
     _write(tmp_path, _metrics(20.0, 10.0), REG)
-    md = result_markdown(tmp_path, [{"stage": "stage2", "seconds": 12.34, "skipped": False},
+    md = result_markdown(tmp_path, outputs=OUTPUTS, stages=[{"stage": "stage2", "seconds": 12.34, "skipped": False},
                                     {"stage": "tiny", "seconds": 0.5, "skipped": True}])
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith(("| local", "| global"))}
     assert set(rows) == {"local", "global"}
@@ -55,7 +59,7 @@ def test_sqlite_store_says_how_to_open_the_ui_and_rejection_is_shown(tmp_path):
            "promotion": {**REG["promotion"], "promoted": False, "reason": "not promoted: global.avg 1.00 < champion",
                          "champion_after": "2"}}
     _write(tmp_path, _metrics(5.0, 1.0), reg)
-    md = result_markdown(tmp_path)
+    md = result_markdown(tmp_path, outputs=OUTPUTS)
     assert "**not promoted**" in md and "not promoted: global.avg 1.00 < champion" in md
     assert "](http" not in md  # no link to a server that does not exist
     assert "make mlflow-ui" in md and "mlflow ui --backend-store-uri sqlite:////repo/mlruns.db" in md
@@ -63,22 +67,22 @@ def test_sqlite_store_says_how_to_open_the_ui_and_rejection_is_shown(tmp_path):
 
 
 def test_missing_outputs_and_disabled_tracking_are_said_not_crashed(tmp_path):
-    md = result_markdown(tmp_path)
+    md = result_markdown(tmp_path, outputs=OUTPUTS)
     assert f"`{METRICS}` not found" in md and f"`{REGISTRY}` not found" in md
     _write(tmp_path, {"status": "partial", "local": {"avg": 1.0}}, {"tracking": "disabled"})
-    md = result_markdown(tmp_path)
+    md = result_markdown(tmp_path, outputs=OUTPUTS)
     assert "**partial**" in md and "Tracking disabled" in md and "| global" not in md
 
 
 def test_bad_files_name_file_and_line(tmp_path):
     _write(tmp_path, "{\n  oops")
     with pytest.raises(Exception, match=r"metrics.json:2"):
-        result_markdown(tmp_path)
+        result_markdown(tmp_path, outputs=OUTPUTS)
     (tmp_path / METRICS).unlink()
     (tmp_path / REGISTRY).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / REGISTRY).write_text("[1,\n2,\n")
     with pytest.raises(ValueError, match=r"registry.json:3"):
-        result_markdown(tmp_path)
+        result_markdown(tmp_path, outputs=OUTPUTS)
 
 
 def test_links_only_for_http_servers():
