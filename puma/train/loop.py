@@ -207,6 +207,7 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = out if work is None else Path(work)
+    work.mkdir(parents=True, exist_ok=True)
     seed_everything(settings.seed)
     accelerator = make_accelerator(settings.runtime, spec.grad_accum, spec.batch_size)
     world, rank = accelerator.num_processes, accelerator.process_index
