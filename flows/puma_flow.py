@@ -137,8 +137,9 @@ def run_streaming(cmd: list[str], cwd: Path, timeout_s: float, log, env: dict[st
 def dvc_stage(stage: str, root: str, timeout_s: float = 4 * 3600, force: bool = False) -> dict[str, Any]:
     """Run one DVC stage (``dvc repro --single-item``).
 
-    A retry re-runs the stage from scratch: DVC clears a stage's outs before running it, so a retry never
-    resumes from checkpoints written under another configuration.
+    DVC clears a stage's outs before running it; a retried training stage still resumes from its
+    checkpoints, which live outside the outs under a fingerprint of code, params and inputs
+    (puma/train/workdir.py), so a retry never resumes from checkpoints of another configuration.
     """
     logger = get_run_logger()
     cmd = ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
@@ -168,7 +169,8 @@ def puma(
             stages still run only if changed (like ``dvc repro --force --single-item``).
         repo: the checkout to run in (default: the one this file is in).
         stage_timeout_s: hard limit per stage; the stage's process group is killed past it.
-        retries: retries per stage (each retry re-runs the stage from a clean output folder).
+        retries: retries per stage (each retry re-runs the stage into a clean output folder; training
+            stages resume from their last checkpoint).
     """
     root = Path(repo).resolve() if repo else REPO
     sets = apply_overrides(root, params_file, overrides)

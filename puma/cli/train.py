@@ -1,7 +1,10 @@
 """``puma train ...``: teacher cache, stage 1 (self-distillation) and stage 2 (MAC tuning).
 
-Each command reads ``--params`` and writes under ``--out``; a stage resumes by itself from the newest
-checkpoint in ``OUT/checkpoints`` when re-run with the same command. Multi-process runs go through
+Each command reads ``--params`` and writes under ``--out``. What survives a failed or killed run (the
+checkpoints, the teacher cache's finished shards) lives outside ``OUT``, in
+``OUT.parent/.puma-work/OUT.name/<fingerprint>/`` (:mod:`puma.train.workdir`), so a re-run of the same
+stage (by hand, by ``dvc repro``, by the flow's retry) resumes from it when the code, params and inputs
+are the same, and starts fresh (saying why) otherwise; it is removed once ``OUT`` is complete. Multi-process runs go through
 ``accelerate launch`` / ``torchrun`` around the same command (``runtime.num_processes``). The training
 commands hand the loop its live step loggers (:func:`puma.tracking.step_loggers`: MLflow when
 ``tracking.enabled`` and ``tracking.live``); the library's training code never imports tracking.
@@ -35,16 +38,23 @@ def _step_loggers(settings) -> list:
     return step_loggers(settings, ".")
 
 
-def _report(summary: dict, out: Path) -> None:
-    """Write OUT/metrics.json atomically (final numbers of the stage) and echo it (rank 0 only)."""
+def _report(summary: dict, out: Path, work=None) -> None:
+    """Write OUT/metrics.json atomically and echo the summary, then drop the work directory (rank 0 only).
+
+    metrics.json holds the stage's result (the same for a resumed run as for an uninterrupted one);
+    ``resumed_from`` is echoed and kept in ``OUT/resume.json``.
+    """
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:
         return
     from puma.io import write_text_atomic
 
-    write_text_atomic(out / "metrics.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / "metrics.json", json.dumps({k: v for k, v in summary.items() if k != "resumed_from"},
+                                                       indent=1))
     typer.echo(json.dumps(summary))
+    if work is not None:
+        work.finish()
 
 
 def _preflight(settings, stage: str, model: Path, out: Path | None) -> dict:
@@ -95,7 +105,7 @@ def stage1(
     progress: bool = PROGRESS,
 ) -> None:
     """Stage 1: LoRA + layer-pruned self-distillation (Eq. 2-4), then merge to OUT/model."""
-    from puma.train.stage1 import build_teacher_cache, train_stage1
+    from puma.train.stage1 import build_teacher_cache, stage1_workdir, train_stage1
 
     settings = settings_or_exit(params)
     _preflight(settings, "stage1", model, out)
@@ -105,9 +115,10 @@ def stage1(
             raise typer.Exit(2)
         typer.echo(f"{cache}: no teacher cache yet, building it")
         build_teacher_cache(settings, model, cache, progress=progress)
+    work = stage1_workdir(settings, model, out, cache)
     summary = train_stage1(settings, model, out, cache_dir=cache, progress=progress,
-                           step_loggers=_step_loggers(settings))
-    _report(summary, out)
+                           step_loggers=_step_loggers(settings), work=work)
+    _report(summary, out, work)
 
 
 @app.command("stage2")
@@ -118,9 +129,10 @@ def stage2(
     progress: bool = PROGRESS,
 ) -> None:
     """Stage 2: a new LoRA on the stage-1 model, MAC loss (Eq. 6-8) on the union training set."""
-    from puma.train.stage2 import train_stage2
+    from puma.train.stage2 import stage2_workdir, train_stage2
 
     settings = settings_or_exit(params)
     _preflight(settings, "stage2", model, out)
-    summary = train_stage2(settings, model, out, progress=progress, step_loggers=_step_loggers(settings))
-    _report(summary, out)
+    work = stage2_workdir(settings, model, out)
+    summary = train_stage2(settings, model, out, progress=progress, step_loggers=_step_loggers(settings), work=work)
+    _report(summary, out, work)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from puma.config import RuntimeSettings, Settings
-from puma.io import write_text_atomic
-from puma.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from puma.io import atomic_write, write_text_atomic
+from puma.train.checkpoint import TrainState, load_checkpoint, resume_point, save_checkpoint
 
 ADAM_BETAS = (0.9, 0.98)  # reference optimiser
 ADAM_EPS = 1e-7
@@ -165,8 +165,9 @@ def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
     return [perm[b * global_bs + rank * batch_size : b * global_bs + (rank + 1) * batch_size] for b in range(n_batches)]
 
 
-def _loggers(factories: Sequence[StepLoggerFactory], stage: str, out: Path, resume_step: int) -> list[StepLogger]:
-    loggers: list[StepLogger] = [JsonlLogger(out / LOG_NAME, resume_step)]
+def _loggers(factories: Sequence[StepLoggerFactory], stage: str, out: Path, resume_step: int,
+             log_path: Path) -> list[StepLogger]:
+    loggers: list[StepLogger] = [JsonlLogger(log_path, resume_step)]
     for factory in factories:
         try:
             lg = factory(stage, out)
@@ -182,22 +183,31 @@ def _loggers(factories: Sequence[StepLoggerFactory], stage: str, out: Path, resu
 class TrainResult:
     model: torch.nn.Module  # unwrapped (no DDP / DeepSpeed wrapper)
     state: TrainState
-    history: list[dict[str, float]]  # the rows of this process's run (resumed runs: from the resume point)
-    resumed_from: str | None
+    history: list[dict[str, float]]  # every step's row (a resumed run: the logged rows up to the resume point first)
+    resumed_from: str | None  # the checkpoint this run resumed from
+    resumed_step: int | None = None
+    skipped: list[str] = field(default_factory=list)  # checkpoints that failed verification
 
 
 def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress: bool = True,
-                 step_loggers: Sequence[StepLoggerFactory] = ()) -> TrainResult:
-    """Train ``spec.model`` in place; checkpoints under ``OUT/checkpoints``, resumes from the newest.
+                 step_loggers: Sequence[StepLoggerFactory] = (), work: str | Path | None = None,
+                 fingerprint: str | None = None) -> TrainResult:
+    """Train ``spec.model`` in place; checkpoints under ``WORK/checkpoints``, resumes from the newest valid one.
 
-    Every row goes to ``OUT/train_log.jsonl``; ``step_loggers`` (factories, see :data:`StepLoggerFactory`)
-    add live loggers on the main process. A factory or logger that fails is warned about, never fatal.
+    ``work`` (default ``out``) is where what survives a crash lives: the checkpoints and the step log
+    ``WORK/train_log.jsonl`` (one row per step; copied to ``OUT/train_log.jsonl`` at the end). The
+    pipeline passes a work directory outside the stage's DVC outputs (:mod:`puma.train.workdir`) and its
+    ``fingerprint``, recorded in every checkpoint and required to match on resume. A checkpoint that
+    fails verification is reported and skipped for the previous one. ``step_loggers`` (factories, see
+    :data:`StepLoggerFactory`) add live loggers on the main process; a failing one is warned about.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    work = out if work is None else Path(work)
+    work.mkdir(parents=True, exist_ok=True)
     seed_everything(settings.seed)
     accelerator = make_accelerator(settings.runtime, spec.grad_accum, spec.batch_size)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -220,23 +230,30 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
     # once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    ckpt_root = out / "checkpoints"
+    ckpt_root = work / "checkpoints"
     # ZeRO partitions the optimizer state across ranks; its moments are not in our (pickle-free)
     # checkpoint, so a DeepSpeed run resumes with weights, schedule, RNG and data position only.
     ckpt_optimizer = None if settings.runtime.deepspeed else optimizer
-    state, resumed = TrainState(), None
-    found = latest_checkpoint(ckpt_root)
+    state, resumed, resumed_step = TrainState(), None, None
+    found, skipped = resume_point(ckpt_root, fingerprint, log=lambda m: accelerator.print(f"{spec.name}: {m}"))
     if found is not None:
-        state = load_checkpoint(found, accelerator.unwrap_model(model), ckpt_optimizer, scheduler)
-        resumed = str(found)
-        accelerator.print(f"{spec.name}: resumed from {found} (step {state.global_step}/{total})")
+        state = load_checkpoint(found, accelerator.unwrap_model(model), ckpt_optimizer, scheduler, fingerprint)
+        resumed, resumed_step = str(found), state.global_step
+        accelerator.print(f"{spec.name}: resumed from step {state.global_step}/{total} ({found})")
+    elif fingerprint is not None:
+        accelerator.print(f"{spec.name}: no checkpoint in {ckpt_root}; starting at step 0")
 
-    loggers = _loggers(step_loggers, spec.name, out, state.global_step) if accelerator.is_main_process else []
+    log_path = work / LOG_NAME
+    loggers = (_loggers(step_loggers, spec.name, out, state.global_step, log_path)
+               if accelerator.is_main_process else [])
     for lg in loggers:
         lg.log_params({"stage": spec.name, "total_steps": total, "world_size": world, **spec.params})
     bar = tqdm(total=total, initial=state.global_step, desc=spec.name,
                disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     history: list[dict[str, float]] = []
+    if accelerator.is_main_process and state.global_step and log_path.is_file():
+        # The steps before the resume point, as the interrupted run logged them (its summary needs them).
+        history = [json.loads(r) for r in log_path.read_text().splitlines() if r.strip()]
     model.train()
     try:
         while state.global_step < total:
@@ -281,7 +298,8 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
                 if state.step_in_epoch >= steps_per_epoch:
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 if done or state.global_step % spec.checkpoint_every == 0:
-                    save_checkpoint(ckpt_root, accelerator.unwrap_model(model), ckpt_optimizer, scheduler, state)
+                    save_checkpoint(ckpt_root, accelerator.unwrap_model(model), ckpt_optimizer, scheduler, state,
+                                    fingerprint=fingerprint)
                 if done:
                     break
     finally:
@@ -292,7 +310,9 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
             except Exception as e:  # noqa: BLE001 - a tracking failure at exit must not hide a training error
                 warnings.warn(f"closing step logger failed: {e}", stacklevel=2)
     accelerator.wait_for_everyone()
-    return TrainResult(accelerator.unwrap_model(model), state, history, resumed)
+    if accelerator.is_main_process and work != out and log_path.is_file():
+        atomic_write(out / LOG_NAME, lambda f: f.write(log_path.read_bytes()))
+    return TrainResult(accelerator.unwrap_model(model), state, history, resumed, resumed_step, skipped)
 
 
 def tracked_params(settings: Settings) -> dict[str, Any]:
@@ -301,7 +321,11 @@ def tracked_params(settings: Settings) -> dict[str, Any]:
 
 
 def run_summary(result: TrainResult) -> dict[str, Any]:
-    """Steps and the mean loss over the first and the last tenth of this run's steps."""
+    """Steps and the mean loss over the first and the last tenth of the steps (a resumed run: all of them).
+
+    The same for a resumed run as for an uninterrupted one: where a run resumed is in
+    :func:`resume_record`, not here (``OUT/metrics.json`` is the stage's result, compared across runs).
+    """
     hist = result.history
     tenth = max(1, len(hist) // 10)
 
@@ -309,8 +333,13 @@ def run_summary(result: TrainResult) -> dict[str, Any]:
         vals = [r["loss"] for r in rows if "loss" in r]
         return sum(vals) / len(vals) if vals else None
 
-    return {"steps": result.state.global_step, "resumed_from": result.resumed_from,
-            "loss_first": mean(hist[:tenth]), "loss_last": mean(hist[-tenth:])}
+    return {"steps": result.state.global_step, "loss_first": mean(hist[:tenth]), "loss_last": mean(hist[-tenth:])}
+
+
+def resume_record(result: TrainResult, fingerprint: str | None = None) -> dict[str, Any]:
+    """Where this run started: ``{"resumed_from": step or None, "checkpoint", "skipped", "fingerprint"}``."""
+    return {"resumed_from": result.resumed_step, "checkpoint": result.resumed_from,
+            "skipped_checkpoints": result.skipped, "fingerprint": fingerprint}
 
 
 def gathered_weight(ctx: StepContext) -> float:
@@ -331,6 +360,7 @@ __all__ = [
     "epoch_batches",
     "gathered_weight",
     "make_accelerator",
+    "resume_record",
     "run_summary",
     "run_training",
     "seed_everything",

@@ -28,6 +28,7 @@ from puma.train.batching import concat_batches, row_keys
 
 if TYPE_CHECKING:
     from puma.train.loop import StepLoggerFactory
+    from puma.train.workdir import WorkDir
 
 # Decoder projections only: Qwen2-VL's vision blocks use fused `qkv`/`proj`/`fc1`/`fc2` and the merger
 # an `mlp` Sequential, so anchoring on `language_model` keeps the vision tower frozen by construction.
@@ -121,16 +122,23 @@ class PairCollator:
         return PairBatch(inputs, len(pairs), row_keys(inputs, self.vision_start), target, cand)
 
 
+RESUME = "resume.json"
+
+
 def run_pair_stage(name: str, settings, cfg, peft_model, processor, dataset, compute_loss, out: Path,
                    record: dict[str, Any], progress: bool = True,
-                   step_loggers: Sequence[StepLoggerFactory] = ()) -> dict[str, Any]:
+                   step_loggers: Sequence[StepLoggerFactory] = (), work: WorkDir | None = None) -> dict[str, Any]:
     """Train ``peft_model`` on (query, positive) pairs with ``compute_loss``, then merge and save ``OUT/model``.
 
     ``cfg`` is the stage's params section; ``record`` goes into ``config.json["puma"][name]`` with the
-    number of steps. Returns the run summary (:func:`puma.train.loop.run_summary`).
+    number of steps. ``work``: the stage's work directory (checkpoints; :mod:`puma.train.workdir`),
+    default ``OUT`` itself. Where the run resumed goes to ``OUT/resume.json``. Returns the run summary
+    (:func:`puma.train.loop.run_summary`, identical for a resumed and an uninterrupted run) with
+    ``resumed_from`` added. The caller removes the work directory once it has written the rest.
     """
     from puma import distributed
-    from puma.train.loop import StageSpec, run_summary, run_training, tracked_params
+    from puma.io import write_json_atomic
+    from puma.train.loop import StageSpec, resume_record, run_summary, run_training, tracked_params
 
     spec = StageSpec(
         name=name, model=RetEncoder(peft_model), dataset=dataset,
@@ -139,11 +147,15 @@ def run_pair_stage(name: str, settings, cfg, peft_model, processor, dataset, com
         warmup_ratio=cfg.warmup_ratio, max_steps=cfg.max_steps, checkpoint_every=cfg.checkpoint_every,
         params=tracked_params(settings),
     )
-    result = run_training(spec, settings, out, progress=progress, step_loggers=step_loggers)
+    wd, key = (work.prepare(), work.key) if work is not None else (None, None)
+    result = run_training(spec, settings, out, progress=progress, step_loggers=step_loggers, work=wd,
+                          fingerprint=key)
+    resumed = resume_record(result, key)
     if distributed.rank() == 0:
         save_merged(result.model.model, processor, settings, Path(out) / "model",
                     {name: {"steps": result.state.global_step, **record}})
-    return run_summary(result)
+        write_json_atomic(Path(out) / RESUME, resumed)
+    return {**run_summary(result), "resumed_from": resumed["resumed_from"]}
 
 
 def save_merged(model, processor, settings, out: str | Path, record: dict[str, Any]) -> Path:

@@ -78,9 +78,42 @@ def _teacher(settings: Settings, model_dir: Path, ret_id: int, cache_dir: Path |
     return Teacher(model=load_teacher(settings.model.base, model_dir, ret_id, getattr(torch, settings.model.dtype)))
 
 
+# The params stage 1 / the teacher cache read (dvc.yaml): their checkpoints resume only under the same values.
+PARAMS = ("seed", "model.base", "model.ret_token", "model.ret_trainable", "model.dtype", "model.attn_implementation",
+          "prompt", "stage1", "runtime", "embed.batch_size", "embed.shard_size", "data.nli_path")
+CACHE_PARAMS = ("model.base", "model.ret_token", "model.dtype", "prompt", "embed.batch_size", "embed.shard_size",
+                "data.nli_path", "stage1.dataset")
+
+
+def _stage1_inputs(settings: Settings, model_dir: str | Path) -> dict[str, Any]:
+    from puma.data.stage1_datasets import stage1_dataset
+
+    inputs = {"model": model_dir, "data": stage1_dataset(settings.stage1.dataset).path(settings.data)}
+    if Path(settings.model.base).is_dir():
+        inputs["base"] = settings.model.base
+    return inputs
+
+
+def stage1_workdir(settings: Settings, model_dir: str | Path, out: str | Path, cache_dir: str | Path | None = None):
+    """The work directory (checkpoints, :mod:`puma.train.workdir`) of a stage-1 run into ``out``."""
+    from puma.train.workdir import WorkDir, fingerprint
+
+    inputs = _stage1_inputs(settings, model_dir)
+    if settings.stage1.teacher == "cache" and cache_dir is not None:
+        inputs["teacher_cache"] = cache_dir
+    return WorkDir(Path(out), fingerprint("stage1", settings, PARAMS, inputs))
+
+
+def teacher_cache_workdir(settings: Settings, model_dir: str | Path, out: str | Path):
+    """The work directory (finished shards) of a teacher-cache build into ``out``."""
+    from puma.train.workdir import WorkDir, fingerprint
+
+    return WorkDir(Path(out), fingerprint("teacher_cache", settings, CACHE_PARAMS, _stage1_inputs(settings, model_dir)))
+
+
 def train_stage1(
     settings: Settings, model_dir: str | Path, out: str | Path, cache_dir: str | Path | None = None,
-    dataset=None, progress: bool = True, step_loggers: Sequence[StepLoggerFactory] = (),
+    dataset=None, progress: bool = True, step_loggers: Sequence[StepLoggerFactory] = (), work=None,
 ) -> dict[str, Any]:
     """Run stage 1 from the pruned checkpoint ``model_dir``; the merged model goes to ``OUT/model``.
 
@@ -98,7 +131,7 @@ def train_stage1(
     record = {"teacher": cfg.teacher, "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind}
     return run_pair_stage("stage1", settings, cfg, peft_model, processor, dataset,
                           lambda model, batch, ctx: stage1_loss(model, teacher, batch, ctx, cfg), out, record,
-                          progress, step_loggers)
+                          progress, step_loggers, work)
 
 
 def build_teacher_cache(

@@ -59,13 +59,27 @@ def stage2_loss(
     return loss * gathered_weight(ctx), metrics
 
 
+# The params stage 2 reads (dvc.yaml's stage2 params): its checkpoints resume only under the same values.
+PARAMS = ("seed", "model.ret_token", "model.ret_trainable", "model.dtype", "model.attn_implementation", "prompt",
+          "stage2", "mac", "runtime", "data.root")
+
+
+def stage2_workdir(settings: Settings, model_dir: str | Path, out: str | Path):
+    """The work directory (checkpoints, :mod:`puma.train.workdir`) of a stage-2 run into ``out``."""
+    from puma.train.workdir import WorkDir, fingerprint
+
+    inputs = {"model": model_dir, "data": settings.data.root}
+    return WorkDir(Path(out), fingerprint("stage2", settings, PARAMS, inputs))
+
+
 def train_stage2(
     settings: Settings, model_dir: str | Path, out: str | Path, dataset=None, progress: bool = True,
-    step_loggers: Sequence[StepLoggerFactory] = (),
+    step_loggers: Sequence[StepLoggerFactory] = (), work=None,
 ) -> dict[str, Any]:
     """Run stage 2 from the stage-1 checkpoint ``model_dir``; the merged retriever goes to ``OUT/model``.
 
-    ``step_loggers``: live loggers for :func:`puma.train.loop.run_training` (the CLI's tracking ones).
+    ``step_loggers``: live loggers for :func:`puma.train.loop.run_training` (the CLI's tracking ones);
+    ``work``: a :class:`puma.train.workdir.WorkDir` for the checkpoints (default: ``OUT/checkpoints``).
     """
     from puma.train.loop import seed_everything
 
@@ -75,4 +89,4 @@ def train_stage2(
     dataset = mbeir_dataset(settings) if dataset is None else dataset
     return run_pair_stage("stage2", settings, cfg, peft_model, processor, dataset,
                           lambda model, batch, ctx: stage2_loss(model, batch, ctx, settings), out,
-                          {"mac": settings.mac.model_dump(by_alias=True)}, progress, step_loggers)
+                          {"mac": settings.mac.model_dump(by_alias=True)}, progress, step_loggers, work)
