@@ -9,10 +9,10 @@ same evaluation data whose global average is at least the champion's.
 from __future__ import annotations
 
 import os
-from unittest import mock
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from puma.config import Settings
 from puma.tracking.checks import EvalCheck, TrackingError

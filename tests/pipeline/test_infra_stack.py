@@ -51,7 +51,6 @@ def _exports(text: str) -> dict[str, str]:
 def test_full_pipeline_through_the_team_stack(tmp_path, monkeypatch):
     import mlflow
 
-    from puma import tracking
     from puma.config import load_settings
 
     clone = tmp_path / "puma"
