@@ -55,7 +55,7 @@ def test_predict_equals_the_encoder(champion, tiny_dir):
     out = champion.predict(df)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (5, 64)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    img = lambda b: Image.open(io.BytesIO(base64.b64decode(b)))  # noqa: E731
+    img = lambda b: Image.open(io.BytesIO(base64.b64decode(b)))
     r = PumaRetriever.from_pretrained(tiny_dir)
     q = r.encode_query([{"text": "a red car", "instruction": "Find a caption."},
                         {"image": img(red), "instruction": "Find a similar image."},
