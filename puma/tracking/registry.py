@@ -86,7 +86,7 @@ def register_model(
 def log_pyfunc(mlflow, run_id: str, model_dir: Path, check: EvalCheck):
     """Log the checkpoint as the run's ``model`` (a pyfunc LoggedModel) with the scores as model metrics."""
     from puma.model.flops import load_config
-    import puma.tracking.pyfunc as pyfunc
+    from puma.tracking import pyfunc
 
     dim = load_config(model_dir).text_config.hidden_size
     # MLflow validates an input example by loading the model and predicting on it (a full checkpoint load
