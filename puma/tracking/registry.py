@@ -86,7 +86,7 @@ def register_model(
 def log_pyfunc(mlflow, run_id: str, model_dir: Path, check: EvalCheck):
     """Log the checkpoint as the run's ``model`` (a pyfunc LoggedModel) with the scores as model metrics."""
     from puma.model.flops import load_config
-    from puma.tracking import pyfunc
+    from puma.tracking.pyfunc import CHECKPOINT, PumaPyfunc, input_example, pip_requirements, signature
 
     dim = load_config(model_dir).text_config.hidden_size
     # MLflow validates an input example by loading the model and predicting on it (a full checkpoint load
@@ -97,9 +97,9 @@ def log_pyfunc(mlflow, run_id: str, model_dir: Path, check: EvalCheck):
     skip = mock.patch.object(model_utils, "_validate_serving_input", lambda *a, **k: None)
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), skip:
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=pyfunc.PumaPyfunc(), artifacts={pyfunc.CHECKPOINT: str(model_dir)},
-            signature=pyfunc.signature(dim), input_example=pyfunc.input_example(),
-            pip_requirements=pyfunc.pip_requirements(),
+            name="model", python_model=PumaPyfunc(), artifacts={CHECKPOINT: str(model_dir)},
+            signature=signature(dim), input_example=input_example(),
+            pip_requirements=pip_requirements(),
             tags={"eval.status": "complete" if check.complete else "incomplete"},
         )
         if check.scores:
