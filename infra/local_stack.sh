@@ -83,7 +83,6 @@ client_env() {  # what a client (worker, CLI, tests) needs: no secret (artifacts
   cat <<EOF
 export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 export PUMA_TRACKING__URI=http://127.0.0.1:$MLFLOW_PORT
-export PUMA_TRACKING__ARTIFACT_LOCATION=mlflow-artifacts:///puma
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 EOF
 }

@@ -8,7 +8,8 @@ training can also log live, through the step loggers the CLI hands the loop (:mo
 
 Modules: :mod:`.checks` (is a ``metrics.json`` complete; log parsing; no mlflow), :mod:`.lineage`
 (``dvc.lock``, git commit), :mod:`.store` (URI resolution and the one MLflow connection),
-:mod:`.runs` (the pipeline run), :mod:`.registry` (register, promotion gate, download),
+:mod:`.runs` (the pipeline run), :mod:`.registry` (register, promotion gate, download), :mod:`.pyfunc` (the
+MLflow pyfunc model; imported only by the registry), :mod:`.cost` (efficiency figures; no mlflow),
 :mod:`.steps` (live step logging). Everything public is re-exported here: use ``puma.tracking.X``.
 """
 
@@ -27,6 +28,7 @@ from puma.tracking.registry import (
     model_versions,
     promote,
     register_model,
+    version_model_id,
 )
 from puma.tracking.runs import PipelineRun, log_pipeline
 from puma.tracking.steps import MlflowStepLogger, step_loggers
@@ -59,4 +61,5 @@ __all__ = [
     "step_loggers",
     "step_rows",
     "ui_command",
+    "version_model_id",
 ]

@@ -1,8 +1,8 @@
 """The model registry and the promotion gate.
 
-The final merged model folder is logged as the parent run's ``model`` artifact and registered as a
-version of ``tracking.model_name`` with its k, lambda, scores and evaluation status as tags, aliased
-``challenger``. :func:`promote` is the gate that moves ``champion``: only a *complete* evaluation on the
+The final merged model folder is logged as the parent run's ``model``, a pyfunc LoggedModel
+(:mod:`.pyfunc`) with the scores as model metrics, and registered as a version of ``tracking.model_name``
+with k, lambda and the evaluation status as tags, aliased ``challenger``. :func:`promote` is the gate that moves ``champion``: only a *complete* evaluation on the
 same evaluation data whose global average is at least the champion's.
 """
 
@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from puma.config import Settings
 from puma.tracking.checks import EvalCheck, TrackingError
@@ -42,22 +43,28 @@ def register_model(
     root: str | os.PathLike = ".",
     tags: dict[str, str] | None = None,
 ) -> str:
-    """Log ``model_dir`` (a standalone merged checkpoint) to ``run_id`` and register it as a new version.
+    """Log ``model_dir`` (a standalone merged checkpoint) as a pyfunc model of ``run_id``; register it.
 
-    The version carries k, lambda, the evaluation status and every score as tags and gets the
-    ``challenger`` alias. Returns the version number (a string, as MLflow gives it).
+    The model is an MLflow 3 LoggedModel of the run (:mod:`.pyfunc`: the checkpoint as its artifact, a
+    signature, an input example, explicit pip requirements, so nothing is loaded or inferred here), with
+    every score as a model metric. The version carries a few tags (k, lambda, base, the evaluation's
+    status and data, the gate score) and gets the ``challenger`` alias. Returns the version number.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise TrackingError(f"{model_dir}: not a checkpoint folder (no config.json)")
-    _, client, _ = connect(settings, Path(root).resolve())
+    mlflow, client, _ = connect(settings, Path(root).resolve())
     name = settings.tracking.model_name
-    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    info = log_pyfunc(mlflow, run_id, model_dir, check)
+    from puma.tracking.cost import model_cost
+    from puma.tracking.store import log_metrics
+
+    log_metrics(client, run_id, model_cost(settings, model_dir))  # cost next to recall on the run
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, description="PUMA layer-pruned Qwen2-VL retriever")
+        client.create_registered_model(name, description="PUMA layer-pruned Qwen2-VL retriever (pyfunc: "
+                                       "DataFrame text/image/instruction/role -> L2-normalised embeddings)")
     except MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
@@ -68,16 +75,56 @@ def register_model(
         "eval.status": "complete" if check.complete else "incomplete",
         "eval.reason": check.reason[:5000],
         "eval.data": f"{settings.data.source}:{settings.data.root}",
-        **{f"score.{k}": f"{v:.4f}" for k, v in check.scores.items()},
+        **({GATE_METRIC: f"{check.scores[GATE_METRIC]:.4f}"} if GATE_METRIC in check.scores else {}),
         **(tags or {}),
     }
-    mv = client.create_model_version(name, source=source, run_id=run_id, tags=all_tags)
+    mv = mlflow.register_model(info.model_uri, name, tags=all_tags)  # models:/<model_id>: linked to it
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     return str(mv.version)
 
 
-def _score(version) -> float | None:
-    raw = version.tags.get(f"score.{GATE_METRIC}")
+def log_pyfunc(mlflow, run_id: str, model_dir: Path, check: EvalCheck):
+    """Log the checkpoint as the run's ``model`` (a pyfunc LoggedModel) with the scores as model metrics."""
+    from puma.model.flops import load_config
+    from puma.tracking.pyfunc import CHECKPOINT, PumaPyfunc, input_example, pip_requirements, signature
+
+    dim = load_config(model_dir).text_config.hidden_size
+    # MLflow validates an input example by loading the model and predicting on it (a full checkpoint load
+    # at registration, and a 2B/7B one is slow); pyfunc.log_model has no switch for it, so it is skipped
+    # here. The pyfunc contract is tested instead (tests/pipeline/test_pyfunc.py).
+    import mlflow.models.utils as model_utils
+
+    skip = mock.patch.object(model_utils, "_validate_serving_input", lambda *a, **k: None)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), skip:
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=PumaPyfunc(), artifacts={CHECKPOINT: str(model_dir)},
+            signature=signature(dim), input_example=input_example(),
+            pip_requirements=pip_requirements(),
+            tags={"eval.status": "complete" if check.complete else "incomplete"},
+        )
+        if check.scores:
+            mlflow.log_metrics(check.scores, model_id=info.model_id)
+    return info
+
+
+def version_model_id(version) -> str | None:
+    """The LoggedModel id of a model version (its ``model_id``, or its ``models:/<model_id>`` source;
+    the SQL store in MLflow 3.17 leaves ``model_id`` empty on the versions it returns)."""
+    model_id = getattr(version, "model_id", None)
+    if model_id:
+        return model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def _score(client, version) -> float | None:
+    """The gate score of a version: its model's ``global.avg`` metric (older versions: the tag)."""
+    model_id = version_model_id(version)
+    if model_id:
+        metrics = {m.key: m.value for m in (client.get_logged_model(model_id).metrics or [])}
+        if GATE_METRIC in metrics:
+            return float(metrics[GATE_METRIC])
+    raw = version.tags.get(f"score.{GATE_METRIC}")  # registered before scores became model metrics
     try:
         return float(raw) if raw is not None else None
     except ValueError:
@@ -102,7 +149,7 @@ def promote(settings: Settings, version: str | None = None, root: str | os.PathL
     except MlflowException:
         champ = None
     before = str(champ.version) if champ is not None else None
-    score = _score(cand)
+    score = _score(client, cand)
     if cand.tags.get("eval.status") != "complete" or score is None:
         why = cand.tags.get("eval.reason", "no score")
         promoted, reason = False, f"not promoted: evaluation failed or partial ({why})"
@@ -114,7 +161,7 @@ def promote(settings: Settings, version: str | None = None, root: str | os.PathL
         promoted, reason = False, (f"not promoted: evaluated on {cand.tags.get('eval.data')} but champion "
                                    f"v{champ.version} on {champ.tags.get('eval.data')} (not comparable)")
     else:
-        best = _score(champ)
+        best = _score(client, champ)
         if best is None or score >= best:
             promoted, reason = True, f"promoted: {GATE_METRIC} {score:.2f} >= champion v{champ.version} {best}"
         else:
@@ -143,17 +190,30 @@ def model_versions(settings: Settings, root: str | os.PathLike = ".") -> list[di
         mine = sorted(a for a, v in aliases.items() if str(v) == str(mv.version))
         rows.append({"version": str(mv.version), "aliases": mine, "run_id": mv.run_id,
                      "k": mv.tags.get("k"), "lambda": mv.tags.get("lambda"),
-                     GATE_METRIC: _score(mv), "eval": mv.tags.get("eval.status"),
+                     GATE_METRIC: _score(client, mv), "eval": mv.tags.get("eval.status"),
                      "promotion": mv.tags.get("promotion.reason")})
     return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
 
 
 def download_model(settings: Settings, uri: str | None = None, root: str | os.PathLike = ".",
                    dst: str | os.PathLike | None = None) -> Path:
-    """Local folder of a registered model (default ``models:/<name>@champion``)."""
+    """Local checkpoint folder of a registered model (default ``models:/<name>@champion``).
+
+    For a pyfunc model that is its ``checkpoint`` artifact; a version logged as a plain folder (before
+    the pyfunc model) is that folder.
+    """
     mlflow, _, _ = connect(settings, Path(root).resolve())
     uri = uri or f"models:/{settings.tracking.model_name}@{CHAMPION}"
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    if (local / "MLmodel").is_file():
+        from mlflow.models import Model
+
+        arts = Model.load(str(local)).flavors.get("python_function", {}).get("artifacts", {})
+        from puma.tracking.pyfunc import CHECKPOINT
+
+        if CHECKPOINT in arts:
+            return local / arts[CHECKPOINT]["path"]
+    return local
 
 
 def load_retriever(settings: Settings, uri: str | None = None, root: str | os.PathLike = ".", **kwargs):

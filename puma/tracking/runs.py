@@ -9,12 +9,14 @@ wrote (``*.jsonl`` rows with a ``step`` become per-step metrics, a ``metrics.jso
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from puma.config import Settings
 from puma.tracking.checks import flat_numbers, read_metrics, step_rows
+from puma.tracking.cost import stage_cost, wall_seconds
 from puma.tracking.lineage import git_commit, read_lock
 from puma.tracking.store import PARENT_ENV, connect, log_metrics, log_params, log_steps, resolve_uri
 
@@ -31,6 +33,42 @@ def _stage_logs(root: Path, outs: list[dict[str, Any]]) -> tuple[list[Path], lis
             elif f.is_file() and f.name.endswith("metrics.json"):
                 metric_files.append(f)
     return jsonl, metric_files
+
+
+def data_inputs(settings: Settings, lock: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The data the pipeline read, from ``dvc.lock``: (path, DVC md5, context) per (path, context).
+
+    Context is ``evaluation`` for the ``evaluate`` stage and ``training`` for any other stage that reads
+    ``data.root`` or ``data.nli_path``; the digest is the hash DVC recorded for that dependency. The
+    context is part of the dataset name, since MLflow keeps one input per (name, digest) on a run.
+    """
+    paths = {Path(settings.data.root).as_posix(), Path(settings.data.nli_path).as_posix()}
+    seen: dict[tuple[str, str], str] = {}
+    for name, stage in lock.items():
+        context = "evaluation" if name == "evaluate" else "training"
+        for dep in stage.get("deps") or []:
+            path = Path(str(dep.get("path", ""))).as_posix()
+            if path in paths and dep.get("md5"):
+                seen.setdefault((path, context), str(dep["md5"]).removesuffix(".dir"))
+    return [(path, md5, context) for (path, context), md5 in seen.items()]
+
+
+def log_datasets(client, run_id: str, settings: Settings, root: Path, lock: dict[str, dict[str, Any]]) -> None:
+    """Log the training and evaluation data as MLflow dataset inputs (name, source, digest) of the run."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for path, md5, context in data_inputs(settings, lock):
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": all are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source((root / path).resolve().as_uri())
+        ds = MetaDataset(source=source, name=f"{settings.data.source}:{path} ({context})", digest=md5[:36])
+        inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
 
 
 @dataclass
@@ -70,7 +108,10 @@ def log_pipeline(
     log_params(client, parent_run_id, settings.flat())
 
     stage_runs: dict[str, str] = {}
-    for name, stage in read_lock(root).items():
+    cost: dict[str, float] = {}
+    lock = read_lock(root)
+    log_datasets(client, parent_run_id, settings, root, lock)
+    for name, stage in lock.items():
         child = client.create_run(exp_id, run_name=name, tags={
             "mlflow.parentRunId": parent_run_id, "puma.kind": "stage", "puma.stage": name,
             "dvc.cmd": str(stage.get("cmd", ""))[:5000], "git.commit": sha})
@@ -84,15 +125,25 @@ def log_pipeline(
         for out in stage.get("outs") or []:
             client.set_tag(cid, f"out.{out['path']}", out.get("md5", ""))
         jsonl, metric_files = _stage_logs(root, stage.get("outs") or [])
+        rows: list[dict[str, float]] = []
         for f in jsonl:
-            log_steps(client, cid, step_rows(f), prefix="" if len(jsonl) == 1 else f"{f.stem}.")
+            rows += (r := step_rows(f))
+            log_steps(client, cid, r, prefix="" if len(jsonl) == 1 else f"{f.stem}.")
+        stage_metrics: dict[str, float] = {}
         for f in metric_files:
-            log_metrics(client, cid, flat_numbers(read_metrics(f)))
+            stage_metrics.update(m := flat_numbers(read_metrics(f)))
+            log_metrics(client, cid, m)
+        cost.update(stage_cost(name, rows, stage_metrics))
         client.set_terminated(cid, "FINISHED")
 
     if metrics_path is not None:
         scores = flat_numbers(read_metrics(metrics_path))
         log_metrics(client, parent_run_id, scores)
+    wall = wall_seconds()
+    if wall is not None:
+        cost["pipeline.wall_s"] = wall
+    if cost:
+        log_metrics(client, parent_run_id, cost)
     extra = [Path(metrics_path)] if metrics_path is not None else []
     for item in [root / "params.yaml", root / "dvc.lock", *extra, *(Path(a) for a in artifacts)]:
         item = item if item.is_absolute() else root / item

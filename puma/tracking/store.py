@@ -15,6 +15,14 @@ from puma.config import Settings
 PARENT_ENV = "PUMA_MLFLOW_PARENT_RUN_ID"  # set by a caller (e.g. the Prefect flow) to reuse its run
 _MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 _MAX_METRICS_PER_BATCH = 1000
+# The tag the MLflow 3 UI reads to open an experiment on its runs ("Machine learning") rather than on
+# the GenAI traces overview (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (which owns the artifact store) rather than a local store."""
+    return uri.startswith(("http://", "https://"))
 
 
 def resolve_uri(uri: str, root: Path) -> str:
@@ -31,6 +39,18 @@ def resolve_artifact_location(location: str, root: Path) -> str:
     return (Path(root) / location).resolve().as_uri()
 
 
+def experiment_artifact_location(uri: str, location: str, root: Path) -> str | None:
+    """Where a new experiment keeps its artifacts: ``None`` (the server decides) for an http(s) tracking
+    server unless ``location`` is a URI; otherwise :func:`resolve_artifact_location`.
+
+    A relative folder means "next to the local store": on a server it would become a folder on the
+    *client's* disk, bypassing the server's artifact store.
+    """
+    if is_server(uri) and "://" not in location:
+        return None
+    return resolve_artifact_location(location, root)
+
+
 def connect(settings: Settings, root: Path):
     """Import mlflow, point it at the configured store and return (mlflow, client, experiment id)."""
     import mlflow
@@ -42,10 +62,20 @@ def connect(settings: Settings, root: Path):
     client = MlflowClient(uri, uri)
     exp = client.get_experiment_by_name(settings.tracking.experiment)
     if exp is None:
-        art = resolve_artifact_location(settings.tracking.artifact_location, root)
-        exp_id = client.create_experiment(settings.tracking.experiment, artifact_location=art)
+        art = experiment_artifact_location(uri, settings.tracking.artifact_location, root)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp_id = client.create_experiment(settings.tracking.experiment, artifact_location=art,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as e:  # another process created it first
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+            exp_id = client.get_experiment_by_name(settings.tracking.experiment).experiment_id
     else:
         exp_id = exp.experiment_id
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made before the tag was set
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return mlflow, client, exp_id
 
 

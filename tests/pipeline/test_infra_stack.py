@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from puma import tracking
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 VENV_INFRA = Path(os.environ.get("VENV_INFRA", REPO / ".venv-infra"))
@@ -49,7 +51,6 @@ def _exports(text: str) -> dict[str, str]:
 def test_full_pipeline_through_the_team_stack(tmp_path, monkeypatch):
     import mlflow
 
-    from puma import tracking
     from puma.config import load_settings
 
     clone = tmp_path / "puma"
@@ -82,7 +83,8 @@ def test_full_pipeline_through_the_team_stack(tmp_path, monkeypatch):
         logged = set(parents[0].data.params.values()) | set(parents[0].data.tags.values())
         assert not logged & set(secrets.values()), "a secret reached MLflow"
         champ = client.get_model_version_by_alias("puma-retriever", "champion")
-        assert champ.source.startswith("mlflow-artifacts:"), champ.source
+        stored = client.get_logged_model(tracking.version_model_id(champ)).artifact_location  # the pyfunc model's files
+        assert stored.startswith("mlflow-artifacts:"), stored
         keys = subprocess.run(
             [str(VENV_INFRA / "bin" / "python"), "-c", LIST_BUCKET, f"http://127.0.0.1:{secrets['MINIO_PORT']}", secrets["MLFLOW_BUCKET"]],
             env={**env, "AWS_ACCESS_KEY_ID": secrets["MINIO_ROOT_USER"],

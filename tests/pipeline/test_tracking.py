@@ -30,14 +30,16 @@ def store(tmp_path_factory):
     model.mkdir(parents=True)
     (model / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
     (root / "artifacts" / "stage2" / "train_log.jsonl").write_text(
-        "".join(json.dumps({"step": s, "loss": 1.0 / (s + 1), "lr": 0.1}) + "\n" for s in range(5))
+        "".join(json.dumps({"step": s, "loss": 1.0 / (s + 1), "lr": 0.1, "samples_per_s": 10.0 + s}) + "\n"
+                for s in range(5))
     )
     (root / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n"
         "  stage2:\n    cmd: puma train stage2\n"
+        "    deps:\n    - path: data/mbeir\n      md5: 0123abcd.dir\n"
         "    params:\n      params.yaml:\n        mac.lambda: 0.5\n        stage2.lr: 0.002\n"
         "    outs:\n    - path: artifacts/stage2\n      md5: abc.dir\n"
-        "  evaluate:\n    cmd: puma evaluate\n    outs:\n    - path: reports/metrics.json\n      md5: def\n"
+        "  evaluate:\n    cmd: puma evaluate\n    deps:\n    - path: data/mbeir\n      md5: 0123abcd.dir\n    outs:\n    - path: reports/metrics.json\n      md5: def\n"
     )
     (root / "reports").mkdir()
     return root
@@ -83,10 +85,24 @@ def test_parent_and_nested_runs(store, monkeypatch):
     history = client.get_metric_history(child.info.run_id, "loss")
     assert [m.step for m in history] == list(range(5)) and history[-1].value == pytest.approx(0.2)
     arts = {a.path for a in client.list_artifacts(run.run_id)}
-    assert {"params.yaml", "dvc.lock", "metrics.json", "git_commit.txt", "model"} <= arts
+    assert {"params.yaml", "dvc.lock", "metrics.json", "git_commit.txt"} <= arts  # the model: a LoggedModel
     mv = client.get_model_version_by_alias("runs-model", "challenger")
     assert str(mv.version) == version and mv.tags["k"] == "3" and mv.tags["lambda"] == "0.5"
-    assert mv.tags["score.global.avg"] == "40.0000"
+    # MLflow 3: the model is a LoggedModel of the parent run, the scores are its metrics (not tags).
+    model_id = tracking.version_model_id(mv)
+    assert model_id and not any(t.startswith("score.") for t in mv.tags) and len(mv.tags) <= 10
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == run.run_id
+    model_metrics = {m.key: m.value for m in logged.metrics}
+    assert model_metrics["global.avg"] == 40.0
+    assert {f"{p}.{c}" for p in ("local", "global") for c in [*COLUMNS, "avg"]} <= set(model_metrics)
+    assert client.get_experiment(run.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # Data as dataset inputs (digest from dvc.lock), cost next to recall on the run.
+    inputs = {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in parent.inputs.dataset_inputs}
+    assert inputs == {("synth:data/mbeir (training)", "0123abcd", "training"),
+                      ("synth:data/mbeir (evaluation)", "0123abcd", "evaluation")}
+    after = client.get_run(run.run_id).data.metrics
+    assert after["stage2.samples_per_s"] == pytest.approx(12.0) and after["flops.per_sample"] > 0
     local = tracking.download_model(settings, root=store)  # champion: the first complete version
     assert json.loads((local / "config.json").read_text())["model_type"] == "qwen2_vl"
 
