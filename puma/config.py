@@ -102,9 +102,11 @@ class _StageSettings(_Section):
 
 
 class Stage1Settings(_StageSettings):
+    enabled: bool = True  # false: no stage 1, stage 2 starts from the pruned model (Table 3's rows)
     dataset: str = "nli"  # a name in puma.data.stage1_datasets.STAGE1_DATASETS
     alpha_mode: Literal["fixed", "dynamic", "reverse"] = "dynamic"
-    distill_kind: Literal["mse", "cos", "kl"] = "mse"
+    distill_kind: Literal["mse", "cos", "kl", "none"] = "mse"  # none: contrastive only (Table 10's none row)
+    distill_scale: float = Field(1.0, ge=0)  # multiplies alpha2 (Eq. 4); the authors' released code: 0.05
     teacher: Literal["cache", "live"] = "cache"
 
 
