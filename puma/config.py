@@ -152,6 +152,9 @@ class EvaluateSettings(_Section):
     k_overrides: dict[str, int] = {"fashion200k_task0": 10, "fashion200k_task3": 10, "fashioniq_task7": 10}
     pools: list[Literal["local", "global"]] = ["local", "global"]
     top_k_saved: int = Field(50, ge=1)
+    bootstrap_resamples: int = Field(1000, ge=1)  # ci_metrics.json: bootstrap over queries
+    bootstrap_seed: int = 0
+    ci_level: float = Field(0.95, gt=0, lt=1)
 
     def k_for(self, column: str) -> int:
         """Recall cut-off for a Table-1 column such as ``fashioniq_task7``."""

@@ -84,6 +84,19 @@ def table1_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def ci_markdown(points: Mapping[str, Mapping[str, float]],
+                cis: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Markdown table of the bootstrap intervals: per run, every column and summary key as ``x [lo, hi]``."""
+    keys = [c.name for c in TABLE1_COLUMNS] + list(TABLE_KEYS)
+    head = [f"{c.dataset} {task_label(c.task_id)}" for c in TABLE1_COLUMNS] + [k.capitalize() for k in TABLE_KEYS]
+    lines = ["| run | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for name, ci in cis.items():
+        cells = [f"{_fmt(points[name].get(k))} [{_fmt(ci[k]['low'])}, {_fmt(ci[k]['high'])}]" if k in ci else "–"
+                 for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _text_bar(x: float, width: int = 30) -> str:
     n = round(width * max(0.0, min(x, 100.0)) / 100)
     return "█" * n + "·" * (width - n)
@@ -257,12 +270,14 @@ def write_report(
     if not dirs:
         raise ValueError("write_report needs at least one evaluation directory")
     names = list(names) if names else [d.name for d in dirs]
-    runs = {}
+    runs, cis = {}, {}
     for name, d in zip(names, dirs):
         path = d / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no metrics.json (run `puma evaluate` first)")
         runs[name] = json.loads(path.read_text())
+        if (d / "ci_metrics.json").is_file():
+            cis[name] = json.loads((d / "ci_metrics.json").read_text())
     chance_path = dirs[0] / "chance.json"
     chance = json.loads(chance_path.read_text()) if chance_path.is_file() else None
     meta_path = dirs[0] / "eval_meta.json"
@@ -278,6 +293,11 @@ def write_report(
             rows["chance"] = chance[pool]
         if rows:
             md += [f"## {pool.capitalize()} pool", "", table1_markdown(rows), ""]
+        pool_ci = {n: ci[pool] for n, ci in cis.items() if pool in ci and pool in runs[n]}
+        if pool_ci:
+            level = round(100 * next(iter(cis.values())).get("level", 0.95))
+            md += [f"{level}% bootstrap confidence intervals over queries ({pool} pool):", "",
+                   ci_markdown({n: runs[n][pool] for n in pool_ci}, pool_ci), ""]
     if len(runs) > 1:
         base_name, base = next(iter(runs.items()))
         md += [f"## Comparison (difference to `{base_name}`)", "", "| run | pool | " +

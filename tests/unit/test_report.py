@@ -20,3 +20,13 @@ def test_table_keys_are_the_metrics_summary_keys_in_table_order():
     assert sorted(TABLE_KEYS) == sorted(SUMMARY_KEYS) and TABLE_KEYS[-1] == "avg"
     head = table1_markdown({"run": {}}).splitlines()[0]
     assert head.endswith("| Single | Mixed | Multi | Avg |")
+
+
+def test_ci_markdown_shows_point_and_interval_per_key():
+    from puma.report import ci_markdown
+
+    keys = [c.name for c in TABLE1_COLUMNS] + list(TABLE_KEYS)
+    points = {"run": {k: 10.0 for k in keys}}
+    cis = {"run": {k: {"low": 8.25, "high": 12.5} for k in keys}}
+    row = ci_markdown(points, cis).splitlines()[2]
+    assert row.count("10.0 [8.2, 12.5]") == len(keys)
