@@ -110,6 +110,16 @@ class Stage1Settings(_StageSettings):
     teacher: Literal["cache", "live"] = "cache"
 
 
+class PretrainSettings(_Section):
+    """The embedded tiny base's pretraining (puma.train.pretrain); nothing runs for a hub base."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    answer_weight: float = Field(1.0, ge=0)  # extra weight on the word after [RET]
+    seed: int = 0
+
+
 class Stage2Settings(_StageSettings):
     tau: float = Field(0.03, gt=0)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
@@ -181,6 +191,7 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     model: ModelSettings = ModelSettings()
     prompt: PromptSettings = PromptSettings()
+    pretrain: PretrainSettings = PretrainSettings()
     stage1: Stage1Settings = Stage1Settings()
     stage2: Stage2Settings = Stage2Settings()
     mac: MacSettings = MacSettings()
