@@ -77,20 +77,20 @@ def teacher_cache(
 ) -> None:
     """Compute the frozen full-depth teacher's [RET] states for the stage-1 data once (sharded, safetensors).
 
-    Stage 1 off (``stage1.enabled: false``) or without distillation (``distill_kind: none``): OUT gets
-    only ``NOT_BUILT.json`` (the DVC stage stays cheap and its output defined).
+    Stage 1 off (``stage1.enabled: false``): OUT gets only ``NOT_BUILT.json`` (the DVC stage stays cheap
+    and its output defined). With ``distill_kind: none`` the cache is still built (stage 1 does not read
+    it), so the stage reads one stage-1 key only.
     """
-    from puma.train.stage1 import build_teacher_cache, needs_teacher
+    from puma.train.stage1 import build_teacher_cache
 
     settings = settings_or_exit(params)
-    if not needs_teacher(settings.stage1):
+    if not settings.stage1.enabled:
         from puma.io import atomic_dir, write_json_atomic
 
         with atomic_dir(out) as tmp:
             write_json_atomic(tmp / "NOT_BUILT.json", {
-                "stage1.enabled": settings.stage1.enabled, "stage1.distill_kind": settings.stage1.distill_kind,
-                "reason": "stage 1 reads no teacher"})
-        typer.echo(f"stage 1 reads no teacher: cache not built ({out}/NOT_BUILT.json)")
+                "stage1.enabled": False, "reason": "stage 1 is off: no teacher is read"})
+        typer.echo(f"stage1.enabled is false: teacher cache not built ({out}/NOT_BUILT.json)")
         return
     plan = _preflight(settings, "teacher-cache", model, None)
     path = build_teacher_cache(settings, model, out, batch_size=batch_size, progress=progress)

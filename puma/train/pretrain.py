@@ -136,7 +136,7 @@ def pretrain_base(
         row = {"step": step + 1, "loss": round(total, 5), **{k: round(v, 5) for k, v in terms_sum.items()},
                "lr": sched.get_last_lr()[0]}
         log_rows.append(row)
-        if (step + 1) % 25 == 0 or step == 0:
+        if (step + 1) % 10 == 0 or step == 0:
             say(f"pretrain step {step + 1}/{steps} loss {total:.3f} answer {terms_sum.get('loss_answer', 0):.3f}")
     model.eval()
     record = {"steps": steps, "batch_size": batch_size, "lr": lr, "answer_weight": answer_weight, "seed": seed,
