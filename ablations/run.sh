@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
-# Run the named experiments of one paper table as DVC experiments, then compare them.
-#   ablations/run.sh table12            # each line of ablations/table12.exp -> dvc exp run -n NAME -S ...
-#   ablations/run.sh table12 --dry      # print the commands only
-# Every experiment runs in a temporary copy of the workspace (--temp), shares the DVC cache (unchanged
-# stages are restored, not re-run), and logs to this checkout's MLflow store. Needs a committed
-# baseline: commit dvc.lock after `make run`. Compare with `dvc exp show` / `dvc metrics diff`.
+# Run the named experiments of one paper table as DVC experiments over several seeds, then summarise them.
+#   ablations/run.sh table5                          # each line of ablations/table5.exp x seeds 0,1,2
+#   ablations/run.sh table5 --seeds 0,1,2,3,4        # more seeds
+#   ablations/run.sh table5 -S stage2.max_steps=96   # extra overrides for every run (say so when reporting)
+#   ablations/run.sh table5 --dry                    # print the commands only
+# Each (row, seed) runs as `dvc exp run --temp -n ROW-sSEED -S seed=SEED -S evaluate.instruction_seed=SEED`:
+# the seed changes the data order, the initialisation of new weights (LoRA, [RET]) and the instruction
+# choice (training and evaluation). Every experiment runs in a temporary copy of the workspace, shares the
+# DVC cache and logs to this checkout's MLflow store. Needs a committed baseline: commit dvc.lock after
+# `make run`. The result: reports/ablations/TABLE.md (mean and 95% CI over seeds per row), .csv and .png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table=${1:?usage: ablations/run.sh TABLE [--dry]   (TABLE: table3 table4 table5 table10 table12 fig5-k)}
+table=${1:?usage: ablations/run.sh TABLE [--seeds 0,1,2] [--dry] [-S key=value ...]   (TABLE: table3 table4 table5 table10 table12 fig5-k)}
+shift
 file=ablations/$table.exp
 [[ -f $file ]] || { echo "$file: no such experiment list" >&2; exit 2; }
+seeds=0,1,2
+dry=
+extra=()
+while (($#)); do
+  case $1 in
+    --seeds) seeds=${2:?--seeds needs a list like 0,1,2}; shift 2 ;;
+    --dry) dry=1; shift ;;
+    -S) extra+=(-S "${2:?-S needs key=value}"); shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+IFS=, read -r -a seed_list <<<"$seeds"
 # Temporary copies must log to this checkout's store, not to one inside the copy.
 track=(-S "tracking.uri=sqlite:///$PWD/mlruns.db" -S "tracking.artifact_location=$PWD/mlartifacts")
-names=()
 lineno=0
 while IFS= read -r line || [[ -n $line ]]; do
   lineno=$((lineno + 1))
@@ -24,10 +40,14 @@ while IFS= read -r line || [[ -n $line ]]; do
   for ((i = 0; i < ${#sets[@]}; i += 2)); do
     [[ ${sets[i]} == -S && -n ${sets[i+1]:-} ]] || { echo "$file:$lineno: expected '-S key=value' pairs" >&2; exit 2; }
   done
-  cmd=(dvc exp run --temp -n "$name" "${track[@]}" "${sets[@]}")
-  echo "+ ${cmd[*]}"
-  [[ ${2:-} == --dry ]] || "${cmd[@]}"
-  names+=("$name")
+  for s in "${seed_list[@]}"; do
+    cmd=(dvc exp run --temp -n "$name-s$s" "${track[@]}" -S "seed=$s" -S "evaluate.instruction_seed=$s"
+         "${sets[@]}" "${extra[@]}")
+    echo "+ ${cmd[*]}"
+    [[ -n $dry ]] || "${cmd[@]}"
+  done
 done <"$file"
-[[ ${2:-} == --dry ]] && exit 0
-dvc exp show --only-changed --md --drop 'deps|outs'
+[[ -n $dry ]] && exit 0
+mkdir -p reports/ablations
+dvc exp show --csv --keep 'metrics.json' >"reports/ablations/$table.exp.csv"
+puma ablation-report "$table" --csv "reports/ablations/$table.exp.csv" --out reports/ablations

@@ -102,10 +102,22 @@ class _StageSettings(_Section):
 
 
 class Stage1Settings(_StageSettings):
+    enabled: bool = True  # false: no stage 1, stage 2 starts from the pruned model (Table 3's rows)
     dataset: str = "nli"  # a name in puma.data.stage1_datasets.STAGE1_DATASETS
     alpha_mode: Literal["fixed", "dynamic", "reverse"] = "dynamic"
-    distill_kind: Literal["mse", "cos", "kl"] = "mse"
+    distill_kind: Literal["mse", "cos", "kl", "none"] = "mse"  # none: contrastive only (Table 10's none row)
+    distill_scale: float = Field(1.0, ge=0)  # multiplies alpha2 (Eq. 4); the authors' released code: 0.05
     teacher: Literal["cache", "live"] = "cache"
+
+
+class PretrainSettings(_Section):
+    """The embedded tiny base's pretraining (puma.train.pretrain); nothing runs for a hub base."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    answer_weight: float = Field(1.0, ge=0)  # extra weight on the word after [RET]
+    seed: int = 0
 
 
 class Stage2Settings(_StageSettings):
@@ -150,6 +162,9 @@ class EvaluateSettings(_Section):
     k_overrides: dict[str, int] = {"fashion200k_task0": 10, "fashion200k_task3": 10, "fashioniq_task7": 10}
     pools: list[Literal["local", "global"]] = ["local", "global"]
     top_k_saved: int = Field(50, ge=1)
+    bootstrap_resamples: int = Field(1000, ge=1)  # ci_metrics.json: bootstrap over queries
+    bootstrap_seed: int = 0
+    ci_level: float = Field(0.95, gt=0, lt=1)
 
     def k_for(self, column: str) -> int:
         """Recall cut-off for a Table-1 column such as ``fashioniq_task7``."""
@@ -176,6 +191,7 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     model: ModelSettings = ModelSettings()
     prompt: PromptSettings = PromptSettings()
+    pretrain: PretrainSettings = PretrainSettings()
     stage1: Stage1Settings = Stage1Settings()
     stage2: Stage2Settings = Stage2Settings()
     mac: MacSettings = MacSettings()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from puma.metrics import chance_recall_at_k, recall_at_k, summarise
+from puma.metrics import bootstrap_ci, chance_recall_at_k, hits_at_k, summarise
 
 # ---------------------------------------------------------------- the Table-1 evaluation
 
@@ -50,7 +50,9 @@ def evaluate_table1(
     """Evaluate ``retriever`` on the Table-1 columns; returns (and writes) ``metrics.json``'s content.
 
     Under ``out``: ``embeddings/pools/<column>/`` and ``embeddings/queries/<column>/`` (resumable
-    shard stores, reused by a rerun), ``metrics.json``, ``chance.json``, ``topk.jsonl`` (per query
+    shard stores, reused by a rerun), ``metrics.json``, ``ci_metrics.json`` (95% bootstrap intervals over
+    queries for every key of ``metrics.json``: ``{pool: {key: {"low", "high"}}}``; its name ends in
+    ``metrics.json`` so the evaluate stage's MLflow run logs them, e.g. ``local.avg.low``), ``chance.json``, ``topk.jsonl`` (per query
     and pool: ranked ids, scores, positives, hit), ``instructions.jsonl`` (the seeded choice per
     query) and ``eval_meta.json``. ``settings`` is the full :class:`puma.config.Settings`.
     """
@@ -136,13 +138,15 @@ def write_results(views, pools: dict, results: dict[str, list], ev, model_dir, r
 
     global_size = sum(st.manifest["count"] for st in pools.values())
     recalls: dict[str, dict[str, float]] = {p: {} for p in results}
+    hits: dict[str, dict[str, list[bool]]] = {p: {} for p in results}
     chance: dict[str, dict[str, float]] = {p: {} for p in results}
     topk_lines = []
     for i, view in enumerate(views):
         name, k = view.column.name, ev.k_for(view.column.name)
         for pool, per_view in results.items():
             res = per_view[i]
-            recalls[pool][name] = recall_at_k(res.ids, view.relevant, k)
+            hits[pool][name] = hits_at_k(res.ids, view.relevant, k)
+            recalls[pool][name] = sum(hits[pool][name]) / len(hits[pool][name])
             size = view.pool_size if pool == "local" else global_size
             chance[pool][name] = chance_recall_at_k(size, [len(r) for r in view.relevant], k)
             for qi, qid in enumerate(view.qids):
@@ -163,6 +167,12 @@ def write_results(views, pools: dict, results: dict[str, list], ev, model_dir, r
         "pool_sizes": {v.column.name: v.pool_size for v in views}, "global_pool_size": global_size,
         # Positives of another dataset outside the local pool (OVEN/InfoSeek): not retrievable, query counted.
         "set_aside_positives": {v.column.name: v.set_aside for v in views}})
+    write_json_atomic(out / "ci_metrics.json", {
+        "level": ev.ci_level, "resamples": ev.bootstrap_resamples, "seed": ev.bootstrap_seed,
+        "method": "percentile bootstrap over queries, within each column", "queries": {
+            v.column.name: len(v) for v in views},
+        **{pool: bootstrap_ci(hits[pool], COLUMN_GROUPS, ev.bootstrap_resamples, ev.bootstrap_seed, ev.ci_level)
+           for pool in hits}})
     write_json_atomic(out / "metrics.json", metrics)  # last: its presence means the run finished
     return metrics
 

@@ -84,6 +84,19 @@ def table1_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def ci_markdown(points: Mapping[str, Mapping[str, float]],
+                cis: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Markdown table of the bootstrap intervals: per run, every column and summary key as ``x [lo, hi]``."""
+    keys = [c.name for c in TABLE1_COLUMNS] + list(TABLE_KEYS)
+    head = [f"{c.dataset} {task_label(c.task_id)}" for c in TABLE1_COLUMNS] + [k.capitalize() for k in TABLE_KEYS]
+    lines = ["| run | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for name, ci in cis.items():
+        cells = [f"{_fmt(points[name].get(k))} [{_fmt(ci[k]['low'])}, {_fmt(ci[k]['high'])}]" if k in ci else "–"
+                 for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _text_bar(x: float, width: int = 30) -> str:
     n = round(width * max(0.0, min(x, 100.0)) / 100)
     return "█" * n + "·" * (width - n)
@@ -257,12 +270,14 @@ def write_report(
     if not dirs:
         raise ValueError("write_report needs at least one evaluation directory")
     names = list(names) if names else [d.name for d in dirs]
-    runs = {}
+    runs, cis = {}, {}
     for name, d in zip(names, dirs):
         path = d / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no metrics.json (run `puma evaluate` first)")
         runs[name] = json.loads(path.read_text())
+        if (d / "ci_metrics.json").is_file():
+            cis[name] = json.loads((d / "ci_metrics.json").read_text())
     chance_path = dirs[0] / "chance.json"
     chance = json.loads(chance_path.read_text()) if chance_path.is_file() else None
     meta_path = dirs[0] / "eval_meta.json"
@@ -278,6 +293,11 @@ def write_report(
             rows["chance"] = chance[pool]
         if rows:
             md += [f"## {pool.capitalize()} pool", "", table1_markdown(rows), ""]
+        pool_ci = {n: ci[pool] for n, ci in cis.items() if pool in ci and pool in runs[n]}
+        if pool_ci:
+            level = round(100 * next(iter(cis.values())).get("level", 0.95))
+            md += [f"{level}% bootstrap confidence intervals over queries ({pool} pool):", "",
+                   ci_markdown({n: runs[n][pool] for n in pool_ci}, pool_ci), ""]
     if len(runs) > 1:
         base_name, base = next(iter(runs.items()))
         md += [f"## Comparison (difference to `{base_name}`)", "", "| run | pool | " +
@@ -300,3 +320,94 @@ def write_report(
     text = "\n".join(md)
     atomic_write(out / "report.md", lambda f: f.write(text), mode="w")
     return out / "report.md"
+
+
+# ---------------------------------------------------------------- ablations over seeds (ablations/run.sh)
+
+# Two-sided 95% Student t quantiles by degrees of freedom (n seeds - 1); beyond 30, the normal 1.96.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         15: 2.131, 20: 2.086, 30: 2.042}
+ABLATION_KEYS = tuple(f"{pool}.{k}" for pool in ("local", "global") for k in TABLE_KEYS)
+
+
+def _t975(df: int) -> float:
+    return next((_T975[d] for d in sorted(_T975) if d >= df), 1.96)
+
+
+def seed_summary(values: Sequence[float]) -> dict[str, float]:
+    """Mean over seeds and its 95% t interval (``low``/``high`` equal the mean for one seed)."""
+    import statistics
+
+    if not values:
+        raise ValueError("no values to summarise")
+    mean = statistics.fmean(values)
+    half = _t975(len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return {"mean": round(mean, 2), "low": round(mean - half, 2), "high": round(mean + half, 2), "n": len(values)}
+
+
+def parse_exp_csv(text: str) -> dict[str, dict[int, dict[str, float]]]:
+    """``dvc exp show --csv`` -> ``{row name: {seed: {"local.avg": x, ...}}}`` for experiments named
+    ``NAME-sSEED`` (how ablations/run.sh names them); metric columns are matched by their key suffix."""
+    import re
+
+    rows: dict[str, dict[int, dict[str, float]]] = {}
+    reader = csv.DictReader(io.StringIO(text))
+    for line, rec in enumerate(reader, start=2):
+        m = re.fullmatch(r"(.+)-s(\d+)", rec.get("Experiment") or "")
+        if not m:
+            continue
+        vals = {}
+        for key in ABLATION_KEYS:
+            col = next((c for c in rec if c and c.endswith(f"metrics.json:{key}")), None)
+            if col is not None and rec[col] not in ("", "-", None):
+                try:
+                    vals[key] = float(rec[col])
+                except ValueError:
+                    raise ValueError(f"<csv>:{line}: {col} is not a number: {rec[col]!r}") from None
+        if vals:
+            rows.setdefault(m.group(1), {})[int(m.group(2))] = vals
+    return rows
+
+
+def write_ablation(rows: Mapping[str, Mapping[int, Mapping[str, float]]], table: str, out: str | os.PathLike,
+                   paper: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+    """``OUT/<table>.md`` (mean [95% CI] over seeds per row), ``<table>.csv`` and ``<table>.png`` (if
+    matplotlib is installed). ``paper``: the paper's rows to print beside them (row -> key -> value)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in ABLATION_KEYS if any(k in v for seeds in rows.values() for v in seeds.values())]
+    summary = {name: {k: seed_summary([v[k] for v in seeds.values() if k in v]) for k in keys}
+               for name, seeds in rows.items()}
+    md = [f"# {table}: Recall (%) mean [95% CI over seeds]", "",
+          "| row | seeds | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    for name, s in summary.items():
+        md.append(f"| {name} | {len(rows[name])} | " + " | ".join(
+            f"{s[k]['mean']:.1f} [{s[k]['low']:.1f}, {s[k]['high']:.1f}]" for k in keys) + " |")
+    for name, vals in (paper or {}).items():
+        md.append(f"| paper: {name} | – | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |")
+    atomic_write(out / f"{table}.md", lambda f: f.write("\n".join(md) + "\n"), mode="w")
+    _write_csv(out / f"{table}.csv", ["row", "key", "mean", "low", "high", "n"],
+               [[n, k, v["mean"], v["low"], v["high"], v["n"]] for n, s in summary.items() for k, v in s.items()])
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return out / f"{table}.md"
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.5 * len(summary)))
+    names = list(summary)
+    for j, pool in enumerate(("local", "global")):
+        key = f"{pool}.avg"
+        if key in keys:
+            means = [summary[n][key]["mean"] for n in names]
+            err = [[m - summary[n][key]["low"] for n, m in zip(names, means)],
+                   [summary[n][key]["high"] - m for n, m in zip(names, means)]]
+            ax.barh([i + 0.4 * j for i in range(len(names))], means, 0.4, xerr=err, label=pool, capsize=3)
+    ax.set_yticks([i + 0.2 for i in range(len(names))], names)
+    ax.set_xlabel("Recall avg (%)")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(out / f"{table}.png", lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    plt.close(fig)
+    return out / f"{table}.md"

@@ -56,6 +56,38 @@ def random_arch(
     typer.echo(f"wrote random Qwen2-VL-{arch.upper()} (bf16, seed {seed}) to {path}")
 
 
+@app.command("pretrain")
+def pretrain(
+    base: str = typer.Option("artifacts/tiny", "--base", help="the full-depth checkpoint to pretrain"),
+    data: Path = typer.Option(None, "--data", help="MBEIR-mini root (train split) [params data.root]"),
+    out: Path = typer.Option(Path("artifacts/pretrained"), "--out", help="directory for the pretrained checkpoint"),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="params file (pretrain, prompt)"),
+    steps: int = typer.Option(None, "--steps", help="training steps [params pretrain.steps]"),
+) -> None:
+    """Pretrain the embedded tiny base as a small LM of MBEIR-mini's world (retriever prompt form, next-token).
+
+    A base without the tiny model (``artifacts/tiny/NOT_BUILT.json``: a hub base) is pretrained already:
+    OUT gets only ``NOT_BUILT.json``.
+    """
+    from puma.io import atomic_dir, write_json_atomic
+    from puma.train.pretrain import load_pairs, pretrain_base
+
+    settings = settings_or_exit(params)
+    if (Path(base) / "NOT_BUILT.json").is_file():
+        with atomic_dir(out) as tmp:
+            write_json_atomic(tmp / "NOT_BUILT.json", {"model.base": settings.model.base,
+                              "reason": "a hub base is pretrained already"})
+        typer.echo(f"{base}: no embedded tiny model; nothing to pretrain ({out}/NOT_BUILT.json)")
+        return
+    cfg = settings.pretrain
+    pairs = load_pairs(data or settings.data.root, cfg.seed)
+    record = pretrain_base(base, out, pairs, settings.prompt, steps=steps or cfg.steps, batch_size=cfg.batch_size,
+                           lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed,
+                           ret_token=settings.model.ret_token, log=typer.echo)
+    typer.echo(f"pretrained {base} for {record['steps']} steps ({record['seconds']} s, final loss "
+               f"{record['final_loss']}) -> {out}")
+
+
 @app.command("prune")
 def prune(
     base: str = typer.Option(None, "--base", help="checkpoint dir or hub id [params model.base]"),

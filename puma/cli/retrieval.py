@@ -160,9 +160,29 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+def ablation_report(
+    table: str = typer.Argument(..., help="table name (ablations/TABLE.exp), e.g. table5"),
+    exp_csv: Path = typer.Option(..., "--csv", help="`dvc exp show --csv` output (experiments named NAME-sSEED)"),
+    out: Path = typer.Option(Path("reports/ablations"), "--out", help="directory for TABLE.md/.csv/.png"),
+) -> None:
+    """Mean and 95% CI over seeds per row of an ablation table (ablations/run.sh calls this)."""
+    from puma.report import parse_exp_csv, write_ablation
+
+    try:
+        rows = parse_exp_csv(exp_csv.read_text())
+    except ValueError as e:
+        typer.echo(f"error: {exp_csv}: {e}", err=True)
+        raise typer.Exit(1) from None
+    if not rows:
+        typer.echo(f"error: {exp_csv}: no experiments named NAME-sSEED with metrics", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"wrote {write_ablation(rows, table, out)}")
+
+
 def register(app: typer.Typer) -> None:
     """Attach the retrieval commands to the root app."""
     app.command("embed")(embed)
     app.command("evaluate")(evaluate)
     app.command("search")(search)
     app.command("report")(report)
+    app.command("ablation-report")(ablation_report)

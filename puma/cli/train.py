@@ -85,10 +85,23 @@ def teacher_cache(
     batch_size: int = typer.Option(None, "--batch-size", help="teacher batch size [params embed.batch_size]"),
     progress: bool = PROGRESS,
 ) -> None:
-    """Compute the frozen full-depth teacher's [RET] states for the stage-1 data once (sharded, safetensors)."""
+    """Compute the frozen full-depth teacher's [RET] states for the stage-1 data once (sharded, safetensors).
+
+    Stage 1 off (``stage1.enabled: false``): OUT gets only ``NOT_BUILT.json`` (the DVC stage stays cheap
+    and its output defined). With ``distill_kind: none`` the cache is still built (stage 1 does not read
+    it), so the stage reads one stage-1 key only.
+    """
     from puma.train.stage1 import build_teacher_cache
 
     settings = settings_or_exit(params)
+    if not settings.stage1.enabled:
+        from puma.io import atomic_dir, write_json_atomic
+
+        with atomic_dir(out) as tmp:
+            write_json_atomic(tmp / "NOT_BUILT.json", {
+                "stage1.enabled": False, "reason": "stage 1 is off: no teacher is read"})
+        typer.echo(f"stage1.enabled is false: teacher cache not built ({out}/NOT_BUILT.json)")
+        return
     plan = _preflight(settings, "teacher-cache", model, None)
     path = build_teacher_cache(settings, model, out, batch_size=batch_size, progress=progress)
     _write_plan(plan, out)  # after: the cache directory is replaced whole
@@ -105,11 +118,16 @@ def stage1(
     progress: bool = PROGRESS,
 ) -> None:
     """Stage 1: LoRA + layer-pruned self-distillation (Eq. 2-4), then merge to OUT/model."""
-    from puma.train.stage1 import build_teacher_cache, stage1_workdir, train_stage1
+    from puma.train.stage1 import build_teacher_cache, needs_teacher, stage1_workdir, train_stage1
 
     settings = settings_or_exit(params)
+    if not settings.stage1.enabled:
+        summary = train_stage1(settings, model, out)  # copies the pruned model to OUT/model
+        typer.echo(f"stage1.enabled is false: copied {model} to {out}/model")
+        _report(summary, out)
+        return
     _preflight(settings, "stage1", model, out)
-    if settings.stage1.teacher == "cache" and not (cache / "meta.json").is_file():
+    if needs_teacher(settings.stage1) and settings.stage1.teacher == "cache" and not (cache / "meta.json").is_file():
         if _launched_world() > 1:  # the process group does not exist yet; the launcher's env says
             typer.echo(f"{cache}: no teacher cache; run `puma train teacher-cache --out {cache}` first", err=True)
             raise typer.Exit(2)

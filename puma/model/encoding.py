@@ -46,7 +46,8 @@ def _open_image(image, index: int):
     return image.convert("RGB")
 
 
-def collate(processor, items: Sequence[Any], is_query: bool, prompt_settings, ret_token: str = RET_TOKEN) -> BatchFeature:
+def collate(processor, items: Sequence[Any], is_query: bool, prompt_settings, ret_token: str = RET_TOKEN,
+            answers: Sequence[str] | None = None) -> BatchFeature:
     """Build one left-padded model batch from items (dicts with text/image/instruction, or strings).
 
     ``prompt_settings`` is :class:`puma.config.PromptSettings` (pixel budget, text truncation, suffix
@@ -54,12 +55,14 @@ def collate(processor, items: Sequence[Any], is_query: bool, prompt_settings, re
     ``(B, S)``, and when any item has an image ``pixel_values`` ``(P, C*T*14*14)`` and
     ``image_grid_thw`` ``(n_images, 3)``, plus ``ret_positions`` ``(B,)``: the index of each row's
     last ``[RET]``. ``mm_token_type_ids`` must travel with ``input_ids``: Qwen2-VL computes its M-RoPE
-    positions from it.
+    positions from it. ``answers`` (base pretraining only): one word per item after ``[RET]``.
     """
     if len(items) == 0:
         raise ValueError("collate: no items")
     items = [as_item(x, i, is_query) for i, x in enumerate(items)]
-    texts = [render_prompt(processor, item, is_query, prompt_settings, ret_token) for item in items]
+    answers = [None] * len(items) if answers is None else list(answers)
+    texts = [render_prompt(processor, item, is_query, prompt_settings, ret_token, answer)
+             for item, answer in zip(items, answers, strict=True)]
     images = [_open_image(item["image"], i) for i, item in enumerate(items) if item["image"] is not None]
     kwargs: dict[str, Any] = {}
     if images:

@@ -65,8 +65,13 @@ def suffix_modality(item: Item, mode: str = "modality") -> str:
     return "image" if has_image else "sentence"
 
 
-def build_messages(item: Item, is_query: bool, prompt, tokenizer=None, ret_token: str = RET_TOKEN) -> list[dict]:
-    """Chat messages for one item. ``prompt`` is ``PromptSettings`` (``max_text_tokens``, ``suffix``)."""
+def build_messages(item: Item, is_query: bool, prompt, tokenizer=None, ret_token: str = RET_TOKEN,
+                   answer: str | None = None) -> list[dict]:
+    """Chat messages for one item. ``prompt`` is ``PromptSettings`` (``max_text_tokens``, ``suffix``).
+
+    ``answer``: the one word after ``[RET]`` in the assistant turn (``"[RET] word."``; base pretraining,
+    :mod:`puma.train.pretrain`); retrieval prompts have none. The prefix up to ``[RET]`` is the same.
+    """
     parts = [item["instruction"] if is_query else None, item["text"]]
     # A literal "[RET]" in user text would become a second embedding position: remove it.
     body = "\n".join(p.replace(ret_token, "") for p in parts if p)
@@ -75,11 +80,13 @@ def build_messages(item: Item, is_query: bool, prompt, tokenizer=None, ret_token
     content = ([{"type": "image"}] if item["image"] is not None else []) + [{"type": "text", "text": text}]
     return [
         {"role": "user", "content": content},
-        {"role": "assistant", "content": [{"type": "text", "text": f"{ret_token}."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": f"{ret_token} {answer}." if answer else
+                                           f"{ret_token}."}]},
     ]
 
 
-def render_prompt(processor, item: Item, is_query: bool, prompt, ret_token: str = RET_TOKEN) -> str:
+def render_prompt(processor, item: Item, is_query: bool, prompt, ret_token: str = RET_TOKEN,
+                  answer: str | None = None) -> str:
     """The full prompt string (system turn from the template, user turn, assistant ``[RET].``)."""
-    messages = build_messages(item, is_query, prompt, processor.tokenizer, ret_token)
+    messages = build_messages(item, is_query, prompt, processor.tokenizer, ret_token, answer)
     return processor.apply_chat_template(messages, tokenize=False)

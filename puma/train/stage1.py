@@ -6,8 +6,11 @@ base on the same inputs, live or read from the teacher cache (``stage1.teacher``
     L = alpha1 * InfoNCE(student queries, gathered student positives)     (Eq. 3)
       + alpha2 * distill(student [RET] states, teacher [RET] states)      (Eq. 2, queries and positives)
 
-with ``(alpha1, alpha2)`` from :func:`puma.losses.alpha_schedule` (``stage1.alpha_mode``). At the end
-the adapter is merged and a standalone checkpoint is written to ``OUT/model``.
+with ``(alpha1, alpha2)`` from :func:`puma.losses.alpha_schedule` (``stage1.alpha_mode``) and alpha2
+multiplied by ``stage1.distill_scale`` (paper 1.0; the authors' released code 0.05). ``distill_kind:
+none`` drops the distillation term (and the teacher). At the end the adapter is merged and a
+standalone checkpoint is written to ``OUT/model``. With ``stage1.enabled: false`` nothing is trained:
+:func:`skip_stage1` copies the pruned checkpoint to ``OUT/model``, so stage 2 starts from it.
 """
 
 from __future__ import annotations
@@ -50,17 +53,50 @@ class Teacher:
         return ret_states(self.model, batch.inputs.to(device))  # [2n, H]
 
 
+def stage1_alphas(step: int, total_steps: int, cfg) -> tuple[float, float]:
+    """Eq. 4's ``(alpha1, alpha2)`` with alpha2 scaled by ``cfg.distill_scale`` (0 for ``distill_kind: none``)."""
+    a1, a2 = alpha_schedule(step, total_steps, cfg.alpha_mode)
+    return a1, (0.0 if cfg.distill_kind == "none" else a2 * cfg.distill_scale)
+
+
+def needs_teacher(cfg) -> bool:
+    """Whether stage 1 reads the teacher (enabled and with a distillation term)."""
+    return cfg.enabled and cfg.distill_kind != "none"
+
+
+def skip_stage1(model_dir: str | Path, out: str | Path) -> dict[str, Any]:
+    """``stage1.enabled: false``: copy the pruned checkpoint to ``OUT/model`` unchanged (atomic) and
+    return the summary; stage 2 then starts from the pruned model."""
+    import shutil
+
+    from puma.io import atomic_dir
+
+    model_dir, out = Path(model_dir), Path(out)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json (not a checkpoint)")
+    with atomic_dir(out / "model") as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+    return {"stage": "stage1", "enabled": False, "steps": 0, "model": str(out / "model"),
+            "source": str(model_dir)}
+
+
 def stage1_loss(
     student: torch.nn.Module, teacher: Teacher, batch: PairBatch, ctx: StepContext, cfg
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 4 on one batch; returns (the loss to back-propagate, its logged terms)."""
+    """Eq. 4 on one batch; returns (the loss to back-propagate, its logged terms).
+
+    ``teacher`` is None exactly when ``cfg.distill_kind`` is ``none`` (the distillation term is 0).
+    """
     states = student(batch.inputs.to(ctx.device))  # [2n, H]: n queries then n positives
     s_q, s_c = states[: batch.n], states[batch.n :]
-    t = teacher.states(batch, ctx.device).to(states.dtype)
-    t_q, t_c = t[: batch.n], t[batch.n :]
     contrastive = info_nce(gather(s_q), gather(s_c), cfg.tau)  # Eq. 3, in-batch negatives from all ranks
-    distill = distill_loss((s_q, s_c), (t_q, t_c), cfg.distill_kind, tau=cfg.tau)  # Eq. 2
-    alphas = alpha_schedule(ctx.global_step, ctx.total_steps, cfg.alpha_mode)
+    if cfg.distill_kind == "none":
+        distill = states.new_zeros(())
+    else:
+        t = teacher.states(batch, ctx.device).to(states.dtype)
+        t_q, t_c = t[: batch.n], t[batch.n :]
+        distill = distill_loss((s_q, s_c), (t_q, t_c), cfg.distill_kind, tau=cfg.tau)  # Eq. 2
+    alphas = stage1_alphas(ctx.global_step, ctx.total_steps, cfg)
     loss = pretraining_loss(contrastive, distill, alphas)  # Eq. 4
     # Gradient of the gathered term is per-rank exact; DDP averages ranks, so scale it back (see loop).
     backward = pretraining_loss(contrastive * gathered_weight(ctx), distill, alphas)
@@ -68,7 +104,9 @@ def stage1_loss(
                       "loss_distill": distill.item(), "alpha1": alphas[0], "alpha2": alphas[1]}
 
 
-def _teacher(settings: Settings, model_dir: Path, ret_id: int, cache_dir: Path | None) -> Teacher:
+def _teacher(settings: Settings, model_dir: Path, ret_id: int, cache_dir: Path | None) -> Teacher | None:
+    if not needs_teacher(settings.stage1):
+        return None
     if settings.stage1.teacher == "cache":
         if cache_dir is None:
             raise ValueError("stage1.teacher is 'cache' but no teacher cache directory was given")
@@ -117,18 +155,23 @@ def train_stage1(
 ) -> dict[str, Any]:
     """Run stage 1 from the pruned checkpoint ``model_dir``; the merged model goes to ``OUT/model``.
 
+    With ``stage1.enabled: false`` it only copies ``model_dir`` there (:func:`skip_stage1`).
+
     ``step_loggers``: live loggers for :func:`puma.train.loop.run_training` (the CLI's tracking ones).
     """
     from puma.train.loop import seed_everything
 
     cfg, out, model_dir = settings.stage1, Path(out), Path(model_dir)
+    if not cfg.enabled:
+        return skip_stage1(model_dir, out)
     seed_everything(settings.seed)  # LoRA initialisation
     peft_model, processor, ret_id = load_lora_student(model_dir, settings, cfg)
     teacher = _teacher(settings, model_dir, ret_id, Path(cache_dir) if cache_dir else None)
     dataset = stage1_pairs(settings) if dataset is None else dataset
-    if teacher.model is not None:
+    if teacher is not None and teacher.model is not None:
         teacher.model.to("cuda" if torch.cuda.is_available() else "cpu")
-    record = {"teacher": cfg.teacher, "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind}
+    record = {"teacher": cfg.teacher, "alpha_mode": cfg.alpha_mode, "distill_kind": cfg.distill_kind,
+              "distill_scale": cfg.distill_scale}
     return run_pair_stage("stage1", settings, cfg, peft_model, processor, dataset,
                           lambda model, batch, ctx: stage1_loss(model, teacher, batch, ctx, cfg), out, record,
                           progress, step_loggers, work)

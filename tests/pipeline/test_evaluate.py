@@ -58,6 +58,22 @@ def test_metrics_json_has_the_table1_shape_in_percent(evaluated):
     assert all(chance["global"][n] < chance["local"][n] for n in NAMES)  # bigger pool, lower chance
 
 
+def test_metrics_ci_brackets_every_key_and_is_the_bootstrap_of_the_hits(evaluated):
+    from puma.data.columns import GROUPS
+    from puma.metrics import bootstrap_ci
+
+    out, metrics = evaluated
+    ci = json.loads((out / "ci_metrics.json").read_text())
+    assert (ci["level"], ci["resamples"], ci["seed"]) == (0.95, 1000, 0)
+    lines = [json.loads(x) for x in (out / "topk.jsonl").read_text().splitlines()]
+    for pool in ("local", "global"):
+        assert list(ci[pool]) == list(metrics[pool])
+        for key, iv in ci[pool].items():
+            assert iv["low"] <= metrics[pool][key] <= iv["high"], (pool, key)
+        hits = {n: [x["hit"] for x in lines if x["pool"] == pool and x["column"] == n] for n in NAMES}
+        assert ci[pool] == bootstrap_ci(hits, GROUPS, 1000, 0, 0.95)
+
+
 def test_global_pool_never_beats_local(evaluated):
     # The global pool contains the local pool, so a positive can only drop in rank.
     _, metrics = evaluated
@@ -116,3 +132,11 @@ def test_report_from_the_evaluation(evaluated, mbeir_mini, tmp_path):
     assert "k = 10 for Fashion200K and FashionIQ, 5 otherwise; hit rate" in text  # from eval_meta.json
     assert (tmp_path / "rep" / "plots" / "recall_by_column.csv").read_text().count("\n") == 17
     assert "data:image/jpeg;base64" in (tmp_path / "rep" / "examples.html").read_text()
+    ci = json.loads((out / "ci_metrics.json").read_text())
+    lo, hi = ci["local"]["avg"]["low"], ci["local"]["avg"]["high"]
+    assert "95% bootstrap confidence intervals over queries (local pool)" in text
+    assert f"{metrics_avg(out):.1f} [{lo:.1f}, {hi:.1f}]" in text
+
+
+def metrics_avg(out):
+    return json.loads((out / "metrics.json").read_text())["local"]["avg"]

@@ -20,3 +20,44 @@ def test_table_keys_are_the_metrics_summary_keys_in_table_order():
     assert sorted(TABLE_KEYS) == sorted(SUMMARY_KEYS) and TABLE_KEYS[-1] == "avg"
     head = table1_markdown({"run": {}}).splitlines()[0]
     assert head.endswith("| Single | Mixed | Multi | Avg |")
+
+
+def test_ci_markdown_shows_point_and_interval_per_key():
+    from puma.report import ci_markdown
+
+    keys = [c.name for c in TABLE1_COLUMNS] + list(TABLE_KEYS)
+    points = {"run": {k: 10.0 for k in keys}}
+    cis = {"run": {k: {"low": 8.25, "high": 12.5} for k in keys}}
+    row = ci_markdown(points, cis).splitlines()[2]
+    assert row.count("10.0 [8.2, 12.5]") == len(keys)
+
+
+def test_seed_summary_is_the_t_interval():
+    import statistics
+
+    from puma.report import seed_summary
+
+    s = seed_summary([10.0, 12.0, 14.0])
+    half = 4.303 * statistics.stdev([10.0, 12.0, 14.0]) / 3 ** 0.5
+    assert s == {"mean": 12.0, "low": round(12 - half, 2), "high": round(12 + half, 2), "n": 3}
+    assert seed_summary([5.0]) == {"mean": 5.0, "low": 5.0, "high": 5.0, "n": 1}
+
+
+def test_ablation_table_from_dvc_exp_csv(tmp_path):
+    import pytest
+
+    from puma.report import parse_exp_csv, write_ablation
+
+    text = ("Experiment,rev,artifacts/eval/metrics.json:local.avg,artifacts/eval/metrics.json:global.avg,seed\n"
+            "workspace,-,20.0,10.0,0\n"
+            "t5-mac-s0,abc,20.0,10.0,0\nt5-mac-s1,abd,22.0,12.0,1\nt5-mac-s2,abe,24.0,11.0,2\n"
+            "t5-no-mac-s0,abf,18.0,9.0,0\n")
+    rows = parse_exp_csv(text)
+    assert rows == {"t5-mac": {0: {"local.avg": 20.0, "global.avg": 10.0}, 1: {"local.avg": 22.0, "global.avg": 12.0},
+                               2: {"local.avg": 24.0, "global.avg": 11.0}},
+                    "t5-no-mac": {0: {"local.avg": 18.0, "global.avg": 9.0}}}
+    md = write_ablation(rows, "table5", tmp_path, paper={"MAC": {"local.avg": 50.0}}).read_text()
+    assert "| t5-mac | 3 | 22.0 [" in md and "| paper: MAC | – | 50.0 |" in md
+    assert (tmp_path / "table5.csv").read_text().count("\n") == 5  # header + 2 rows x 2 keys
+    with pytest.raises(ValueError, match="<csv>:2"):
+        parse_exp_csv("Experiment,m/metrics.json:local.avg\nx-s0,abc\n".replace("abc", "oops"))

@@ -1,0 +1,83 @@
+"""Pretraining of the tiny base (puma.train.pretrain): the full-depth teacher becomes worth distilling."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from puma.config import PromptSettings
+from puma.train.pretrain import content_words, lm_labels, pretrain_examples
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import text_pairs
+
+
+def test_content_words_and_examples_share_the_pair_words():
+    assert content_words("A small red circle in the top left of the picture.") == ["small", "red", "circle", "top",
+                                                                                    "left"]
+    pairs = [{"query": {"text": "find a blue star", "instruction": "Find it."}, "positive": {"image": "x.jpg"}},
+             {"query": {"image": "y.jpg"}, "positive": {"text": "A green ring."}},
+             {"query": {"text": "the"}, "positive": {"text": "of"}}]  # no content words: dropped
+    ex = pretrain_examples(pairs, seed=0)
+    assert len(ex) == 4
+    words = {(str(item.get("image")), item.get("text")): w for item, _, w in ex}
+    assert words[("x.jpg", None)] == words[("None", "find a blue star")] == ["blue", "star"]
+    assert words[("y.jpg", None)] == ["green", "ring"]
+    assert pretrain_examples(pairs, seed=0) == ex  # deterministic
+
+
+def test_labels_mask_padding_and_images(tiny_dir):
+    from puma.model.encoding import collate
+    from puma.model.processor import load_processor
+
+    proc = load_processor(tiny_dir)
+    batch = collate(proc, [{"text": "a red circle"}, {"text": "a much longer blue star on the left"}], False,
+                    PromptSettings(), answers=["red", "star"])
+    labels = lm_labels(batch)
+    assert (labels[batch["attention_mask"] == 0] == -100).all()
+    assert (labels[batch["attention_mask"] == 1] >= 0).all()
+    rows = torch.arange(2)
+    after_ret = batch["input_ids"][rows, batch["ret_positions"] + 1]
+    assert proc.tokenizer.decode(after_ret[0]).strip() == "red"  # the word follows [RET]
+
+
+def _recall_at_1(model, proc, pairs) -> float:
+    from puma.model.encoding import collate, ret_states
+
+    prompt = PromptSettings()
+    with torch.no_grad():
+        q = ret_states(model, collate(proc, [p["query"] for p in pairs], True, prompt))
+        d = ret_states(model, collate(proc, [p["positive"] for p in pairs], False, prompt))
+    q, d = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(d, dim=-1)
+    return (q @ d.T).argmax(1).eq(torch.arange(len(pairs))).float().mean().item()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 14, measured: after 60 text steps the pretrained model's [RET] "
+                   "states collapse (mean pairwise cosine 0.999); full depth beats its k=4 prefix (R@1 0.21 vs "
+                   "0.17 of 47) but not the random base (0.36): the pretraining recipe is not there yet")
+def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tmp_path):
+    """The issue-14 guard: after pretraining, the full-depth [RET] state retrieves better than the k=4
+    prefix of the same model (the teacher knows more than the student), and better than chance."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.processor import load_processor
+    from puma.model.prune import load_pruned
+    from puma.train.pretrain import pretrain_base
+
+    torch.set_num_threads(1)
+    train = text_pairs(96, seed=0)
+    pretrain_base(tiny_dir, tmp_path / "pt", train, PromptSettings(), steps=60, batch_size=16, lr=3e-3, seed=0)
+    seen: set[str] = set()
+    held_out = [p for p in text_pairs(200, seed=1) if not (p["query"]["text"] in seen or seen.add(p["query"]["text"]))]
+    proc = load_processor(tmp_path / "pt")
+    full = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "pt").eval()
+    pruned = load_pruned(tmp_path / "pt", 4).eval()
+    r_full, r_pruned = _recall_at_1(full, proc, held_out), _recall_at_1(pruned, proc, held_out)
+    random_full = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    r_random = _recall_at_1(random_full, proc, held_out)
+    assert r_full > r_pruned, (r_full, r_pruned)
+    assert r_full > r_random and r_full > 3 / len(held_out), (r_full, r_random)
