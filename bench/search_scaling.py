@@ -29,17 +29,29 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def make_pool(out: Path, n: int, dim: int, shard_rows: int, seed: int) -> list[Path]:
-    """Random unit-norm fp16 shards ``out/NNNNN.npy`` (``n`` rows in all), written one at a time."""
+def make_pool(out: Path, n: int, dim: int, shard_rows: int, seed: int, base_rows: int = 16_384) -> list[Path]:
+    """Random unit-norm fp16 shards ``out/NNNNN.npy`` (``n`` rows in all), written one at a time.
+
+    Drawing 1.5G normal samples for the 1M pool takes longer than the search on a small loaded CPU, so
+    ``base_rows`` random unit vectors are drawn once and every further chunk is the base with its
+    coordinates randomly permuted and sign-flipped (exact in fp16: still unit-norm, all rows distinct).
+    """
     from puma.index import l2_normalize
 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    base = l2_normalize(rng.standard_normal((min(base_rows, n), dim), dtype=np.float32)).astype(np.float16)
     paths = []
     for j, lo in enumerate(range(0, n, shard_rows)):
         rows = min(shard_rows, n - lo)
+        parts, left = [], rows
+        while left > 0:
+            take = min(left, len(base))
+            flip = rng.choice(np.array([-1, 1], np.float16), dim)
+            parts.append(base[:take, rng.permutation(dim)] * flip if lo or parts else base[:take])
+            left -= take
         path = out / f"{j:05d}.npy"
-        np.save(path, l2_normalize(rng.standard_normal((rows, dim), dtype=np.float32)).astype(np.float16))
+        np.save(path, np.concatenate(parts))
         paths.append(path)
     return paths
 
