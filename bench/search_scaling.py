@@ -26,6 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _rss_mb() -> float:
+    """Peak resident memory of this process in MB: VmHWM (reset by exec, unlike ``ru_maxrss``, which keeps
+    the forking parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
