@@ -2,7 +2,7 @@
 
 For each ``--scales`` value: MBEIR-mini at that scale (``puma.data.synth.synth_mbeir``), the tiny model
 pruned to ``--k`` layers (the pipeline's default retriever shape), then the two stages as the pipeline runs
-them, each a fresh process measured by ``os.wait4``: wall time, peak RSS (``ru_maxrss``), and
+them, each a fresh process: wall time, peak RSS (its own ``VmHWM``), CPU time (``os.wait4``), and
 candidates/s (global pool size / embed wall time; the query files are embedded in the same stage).
 One run per scale. Run: ``python bench/eval_scaling.py [--scales 1 10]``.
 """
@@ -22,16 +22,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def timed(cmd: list[str], env: dict) -> dict:
-    """Run ``cmd``; its wall time and peak RSS (from the kernel's rusage of that child)."""
+# Runs `puma ...` and, at exit, writes its own VmHWM (peak RSS) to $PUMA_BENCH_HWM. The kernel's ru_maxrss
+# of a child keeps the forking parent's peak (this process holds the model), so it cannot be used here.
+_WRAP = ("import atexit, os, runpy, sys\n"
+         "def _hwm():\n"
+         "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM:'))\n"
+         "    open(os.environ['PUMA_BENCH_HWM'], 'w').write(line.split()[1])\n"
+         "atexit.register(_hwm)\n"
+         "sys.argv = ['puma', *sys.argv[1:]]\n"
+         "runpy.run_module('puma.cli', run_name='__main__')\n")
+
+
+def timed(args: list[str], env: dict, hwm: Path) -> dict:
+    """Run ``puma *args`` in a fresh process: wall time, its peak RSS (VmHWM) and CPU time."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-c", _WRAP, *args], env=dict(env, PUMA_BENCH_HWM=str(hwm)), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        raise RuntimeError(f"puma {' '.join(args)} failed ({proc.returncode}):\n{out[-3000:]}")
+    return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(int(hwm.read_text()) / 1024),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
 
 
@@ -50,9 +62,8 @@ def run(scales: list[float], k: int, work: Path) -> list[dict]:
         root = synth_mbeir(work / f"mbeir_{scale}", seed=0, scale=scale)
         emb, ev = work / f"emb_{scale}", work / f"eval_{scale}"
         common = ["--model", str(model), "--data", str(root), "--params", str(REPO / "params.yaml")]
-        embed = timed([sys.executable, "-m", "puma.cli", "embed-all", *common, "--out", str(emb)], env)
-        evaluate = timed([sys.executable, "-m", "puma.cli", "evaluate", *common, "--embeddings", str(emb),
-                          "--out", str(ev)], env)
+        embed = timed(["embed-all", *common, "--out", str(emb)], env, work / "hwm")
+        evaluate = timed(["evaluate", *common, "--embeddings", str(emb), "--out", str(ev)], env, work / "hwm")
         complete = json.loads((emb / "complete.json").read_text())
         pool = sum(n for name, n in complete["stores"].items() if name.startswith("pools/"))
         queries = sum(n for name, n in complete["stores"].items() if name.startswith("queries/"))
