@@ -234,6 +234,7 @@ def write_results(views, pools: dict, results: dict[str, list], ev, model_dir, r
         "k": {v.column.name: ev.k_for(v.column.name) for v in views},
         "queries": {v.column.name: len(v) for v in views},
         "pool_sizes": {v.column.name: v.pool_size for v in views}, "global_pool_size": global_size,
+        "pool_stores": {v.column.name: str(pools[v.local_pool].root) for v in views},  # read by the report
         # Positives of another dataset outside the local pool (OVEN/InfoSeek): not retrievable, query counted.
         "set_aside_positives": {v.column.name: v.set_aside for v in views}})
     write_json_atomic(out / "metrics.json", metrics)  # last: its presence means the run finished
