@@ -3,7 +3,7 @@
 Nothing here is typed in: the pool size is ``bench.global_pool_size``, the embedding width ``d`` is the
 hidden size of each bundled Qwen2-VL config (the [RET] state), the block size is
 :data:`puma.index.DEFAULT_BLOCK_ROWS`, the query count the M-BEIR test queries one column at most
-(``QUERY_BLOCK``), and the machine's RAM / GPU memory is read from this machine (``GPU_GIB`` for an
+(:data:`puma.index.DEFAULT_QUERY_BLOCK`), and the machine's RAM / GPU memory is read from this machine (``GPU_GIB`` for an
 80 GB training GPU when there is none, the paper's A800/A100).
 
 Rows: pool size in fp16/fp32, how many 80 GB GPUs a sharded flat index needs (at most
@@ -22,9 +22,10 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/pool_plan.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from puma.index import DEFAULT_QUERY_BLOCK as QUERY_BLOCK  # queries scored at once
+
 GPU_GIB = 80 * 1e9 / 2**30  # one 80 GB GPU (paper: A800/A100 80G), in GiB
 GPU_FILL = 0.8  # share of a GPU the index may take
-QUERY_BLOCK = 1024  # queries scored at once
 BYTES = {"float16": 2, "float32": 4}
 
 

@@ -39,7 +39,7 @@ from flows.summary import format_summary, pipeline_summary
 # made by flows/prefect_local.sh up, infra/local_stack.sh up and the compose worker) lets only that many
 # run at once across all flow runs on the server, so two runs never train on one GPU together.
 GPU_TAG = "gpu"
-GPU_STAGES = frozenset({"teacher_cache", "stage1", "stage2", "evaluate"})
+GPU_STAGES = frozenset({"teacher_cache", "stage1", "stage2", "embed", "evaluate"})
 
 
 class StageFailed(RuntimeError):
@@ -159,7 +159,7 @@ def puma(
     stage_timeout_s: float = 4 * 3600,
     retries: int = 1,
 ) -> dict[str, Any]:
-    """The PUMA pipeline: tiny, mbeir, nli -> prune -> teacher_cache -> stage1 -> stage2 -> evaluate -> report -> register.
+    """The PUMA pipeline: tiny, mbeir, nli -> prune -> teacher_cache -> stage1 -> stage2 -> embed -> evaluate -> report -> register.
 
     Args:
         params_file: params file to run with (copied over ``params.yaml``; default: use it as is).

@@ -140,6 +140,19 @@ class RuntimeSettings(_Section):
     deepspeed_config: Path = Path("infra/deepspeed/zero2.json")
     gradient_checkpointing: bool = False
     num_workers: int = Field(0, ge=0)
+    # Multi-node (torchrun's / accelerate's own c10d rendezvous): num_processes is per node.
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
+    rdzv_endpoint: str = ""  # host:port of the rendezvous (node 0's address); required when nnodes > 1
+    rdzv_id: str = "puma"  # the job id every node of one job shares
+
+    @model_validator(mode="after")
+    def _multi_node(self) -> RuntimeSettings:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be < nnodes {self.nnodes}")
+        if self.nnodes > 1 and ":" not in self.rdzv_endpoint:
+            raise ValueError(f"nnodes {self.nnodes} > 1 needs rdzv_endpoint host:port, got {self.rdzv_endpoint!r}")
+        return self
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -52,3 +52,31 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     parts = [p[:n] for p, n in zip(parts, sizes)]
     parts[me] = tensor  # the local slice with its gradient
     return torch.cat(parts)
+
+
+def launched() -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` as torchrun / accelerate set them; ``(0, 1, 0)`` when not launched."""
+    import os
+
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def join_group() -> None:
+    """Join the launcher's process group (nccl on GPUs, gloo on CPU) when WORLD_SIZE > 1 and not joined yet."""
+    if launched()[1] > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def barrier() -> None:
+    """Wait for every process of the group (no-op on one process)."""
+    if is_distributed():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def leave_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

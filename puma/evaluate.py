@@ -36,6 +36,55 @@ def _check_files(root: Path, columns, split: str = "test") -> None:
                                 "(run `puma data synth` or `puma data download mbeir`)")
 
 
+def _views(root: Path, columns, ev, say):
+    """The :class:`EvalView` of each column (files checked first); says which positives are set aside."""
+    from puma.data.columns import TABLE1_COLUMNS
+    from puma.data.datasets import EvalView
+
+    columns = list(columns or TABLE1_COLUMNS)
+    _check_files(root, columns, ev.split)
+    views = [EvalView(root, col, instruction_seed=ev.instruction_seed, split=ev.split) for col in columns]
+    for v in views:
+        if v.set_aside:
+            say(f"{v.column.name}: {v.set_aside} positive(s) of another dataset are not in the local pool; set "
+                "aside as UniIR does (not retrievable, the queries still count)")
+    return views
+
+
+def embed_table1(
+    retriever,
+    model_dir: str | os.PathLike,
+    root: str | os.PathLike,
+    embeddings: str | os.PathLike,
+    settings,
+    *,
+    columns: Sequence | None = None,
+    num_workers: int = 0,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list, dict, list]:
+    """Embed every local pool and every query file of ``evaluate.split`` into ``embeddings``.
+
+    Layout: ``embeddings/pools/<column>/`` (each distinct local pool once, named after its first
+    column; the global pool is their concatenation) and ``embeddings/queries/<column>/`` (queries with
+    their seeded instruction, part of the store's identity). Stores are resumable; this process embeds
+    the shards ``j % num_shards == shard_index`` of every store (the other processes' shards may still
+    be missing when it returns). Returns ``(views, {pool path: store}, [query store per view])``.
+    """
+    from puma.embed import RetrieverEncoder
+
+    say = progress or (lambda msg: None)
+    root, embeddings = Path(root), Path(embeddings)
+    views = _views(root, columns, settings.evaluate, say)
+    kw = {"model_dir": model_dir, "settings": settings.embed, "say": say,
+          "options": {"num_workers": num_workers, "shard_index": shard_index, "num_shards": num_shards}}
+    pools = embed_pools(RetrieverEncoder(retriever, False), views, root, embeddings, **kw)
+    queries = embed_view_queries(RetrieverEncoder(retriever, True), views, root, embeddings,
+                                 settings.evaluate.instruction_seed, **kw)
+    return views, pools, queries
+
+
 def evaluate_table1(
     retriever,
     model_dir: str | os.PathLike,
@@ -45,73 +94,98 @@ def evaluate_table1(
     *,
     columns: Sequence | None = None,
     num_workers: int = 0,
+    embeddings: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Evaluate ``retriever`` on the Table-1 columns; returns (and writes) ``metrics.json``'s content.
+    """Evaluate on the Table-1 columns; returns (and writes) ``metrics.json``'s content.
 
-    Under ``out``: ``embeddings/pools/<column>/`` and ``embeddings/queries/<column>/`` (resumable
-    shard stores, reused by a rerun), ``metrics.json``, ``ci_metrics.json`` (95% bootstrap intervals over
-    queries for every key of ``metrics.json``: ``{pool: {key: {"low", "high"}}}``; its name ends in
-    ``metrics.json`` so the evaluate stage's MLflow run logs them, e.g. ``local.avg.low``), ``chance.json``, ``topk.jsonl`` (per query
-    and pool: ranked ids, scores, positives, hit), ``instructions.jsonl`` (the seeded choice per
-    query) and ``eval_meta.json``. ``settings`` is the full :class:`puma.config.Settings`.
+    With ``embeddings`` (a directory written by :func:`embed_table1`, e.g. by the ``embed`` stage) the
+    stores are only read, checked against the model, the data and the instruction seed, and searched:
+    ``retriever`` may be None. Without it, everything is embedded first into ``out/embeddings``
+    (resumable, reused by a rerun). Under ``out``: ``metrics.json``, ``ci_metrics.json`` (95% bootstrap
+    intervals over queries for every key of ``metrics.json``: ``{pool: {key: {"low", "high"}}}``; its name
+    ends in ``metrics.json`` so the evaluate stage's MLflow run logs them, e.g. ``local.avg.low``),
+    ``chance.json``, ``topk.jsonl`` (per query and pool: ranked ids, scores, positives, hit),
+    ``instructions.jsonl`` (the seeded choice per query) and ``eval_meta.json``. ``settings`` is the full
+    :class:`puma.config.Settings`.
     """
-    from puma.data.columns import TABLE1_COLUMNS
-    from puma.data.datasets import EvalView
-    from puma.embed import RetrieverEncoder
-
     say = progress or (lambda msg: None)
     root, out = Path(root), Path(out)
-    columns = list(columns or TABLE1_COLUMNS)
     ev = settings.evaluate
-    _check_files(root, columns, ev.split)
-    views = [EvalView(root, col, instruction_seed=ev.instruction_seed, split=ev.split) for col in columns]
-    for v in views:
-        if v.set_aside:
-            say(f"{v.column.name}: {v.set_aside} positive(s) of another dataset are not in the local pool; set "
-                "aside as UniIR does (not retrievable, the queries still count)")
-    doc_encoder, query_encoder = RetrieverEncoder(retriever, False), RetrieverEncoder(retriever, True)
-    embed_kw = {"model_dir": model_dir, "settings": settings.embed, "num_workers": num_workers, "say": say}
-    pools = embed_pools(doc_encoder, views, root, out, **embed_kw)
-    query_embs = embed_view_queries(query_encoder, views, root, out, ev.instruction_seed, **embed_kw)
+    if embeddings is None:
+        views, pools, query_stores = embed_table1(retriever, model_dir, root, out / "embeddings", settings,
+                                                  columns=columns, num_workers=num_workers, progress=say)
+    else:
+        views = _views(root, columns, ev, say)
+        pools, query_stores = open_table1(views, root, Path(embeddings), model_dir, ev.instruction_seed)
+    query_embs = [st.load()[0] for st in query_stores]  # (Q_c, H) float32 per view
     results = search_pools(views, pools, query_embs, ev)
     return write_results(views, pools, results, ev, model_dir, root, out)
 
 
-def embed_pools(encoder, views, root: Path, out: Path, *, model_dir, settings, num_workers: int, say) -> dict:
+def _pool_dirs(views, embeddings: Path) -> dict:
+    """``{local pool path: its store directory}``, each distinct pool once (named after its first column)."""
+    dirs: dict = {}
+    for view in views:
+        dirs.setdefault(view.local_pool, embeddings / "pools" / view.column.name)
+    return dirs
+
+
+def _query_extra(root: Path, instruction_seed: int) -> dict:
+    from puma.data.columns import INSTRUCTIONS_FILE
+    from puma.io import file_sha256
+
+    return {"instruction_seed": instruction_seed, "instructions_sha256": file_sha256(root / INSTRUCTIONS_FILE)}
+
+
+def embed_pools(encoder, views, root: Path, embeddings: Path, *, model_dir, settings, say, options=None) -> dict:
     """Every distinct local pool once -> ``{pool path: EmbeddingStore}`` (the global pool is their
-    concatenation: no re-embedding). ``settings`` is the ``embed`` section."""
+    concatenation: no re-embedding). ``settings`` is the ``embed`` section; ``options`` more
+    :func:`puma.embed.embed_records` options (num_workers, shard_index, num_shards)."""
     from puma.embed import embed_pool
 
     pools = {}
-    for view in views:
-        if view.local_pool not in pools:
-            say(f"embedding pool {view.local_pool}")
-            pools[view.local_pool] = embed_pool(
-                encoder, view.local_pool, root, out / "embeddings" / "pools" / view.column.name,
-                model_dir=model_dir, shard_size=settings.shard_size, batch_size=settings.batch_size,
-                dtype=settings.dtype, num_workers=num_workers)
+    for pool, store_dir in _pool_dirs(views, embeddings).items():
+        say(f"embedding pool {pool}")
+        pools[pool] = embed_pool(encoder, pool, root, store_dir, model_dir=model_dir,
+                                 shard_size=settings.shard_size, batch_size=settings.batch_size,
+                                 dtype=settings.dtype, **(options or {}))
     return pools
 
 
-def embed_view_queries(encoder, views, root: Path, out: Path, instruction_seed: int, *, model_dir, settings,
-                       num_workers: int, say) -> list[np.ndarray]:
+def embed_view_queries(encoder, views, root: Path, embeddings: Path, instruction_seed: int, *, model_dir, settings,
+                       say, options=None) -> list:
     """Each view's queries with their seeded instructions (part of the query store's identity):
-    one ``(Q_c, H)`` float32 array per view."""
-    from puma.data.columns import INSTRUCTIONS_FILE
+    one :class:`EmbeddingStore` per view (float32)."""
     from puma.embed import embed_queries
-    from puma.io import file_sha256
 
-    extra = {"instruction_seed": instruction_seed, "instructions_sha256": file_sha256(root / INSTRUCTIONS_FILE)}
-    query_embs = []
+    extra = _query_extra(root, instruction_seed)
+    stores = []
     for view in views:
         say(f"embedding {len(view)} queries of {view.column.name}")
-        store = embed_queries(encoder, view.query_file, list(zip(view.qids, view.queries)),
-                              out / "embeddings" / "queries" / view.column.name, model_dir=model_dir, extra=extra,
-                              batch_size=settings.batch_size, shard_size=settings.shard_size,
-                              num_workers=num_workers)
-        query_embs.append(store.load()[0])  # (Q_c, H) float32
-    return query_embs
+        stores.append(embed_queries(encoder, view.query_file, list(zip(view.qids, view.queries)),
+                                    embeddings / "queries" / view.column.name, model_dir=model_dir, extra=extra,
+                                    batch_size=settings.batch_size, shard_size=settings.shard_size,
+                                    **(options or {})))
+    return stores
+
+
+def open_table1(views, root: Path, embeddings: Path, model_dir, instruction_seed: int) -> tuple[dict, list]:
+    """The stores :func:`embed_table1` wrote, each checked finished and made from this model, these
+    pools / query files and this instruction seed: ``({pool path: store}, [query store per view])``."""
+    from puma.embed import EmbeddingError, EmbeddingStore, pool_manifest, query_manifest
+
+    def opened(path: Path, expected: dict) -> EmbeddingStore:
+        try:
+            return EmbeddingStore.open(path).check(expected)
+        except EmbeddingError as e:
+            raise EmbeddingError(f"{e} (embeddings for {model_dir} from `puma embed-all`)") from None
+
+    pools = {pool: opened(d, pool_manifest(pool, root, model_dir)) for pool, d in _pool_dirs(views, embeddings).items()}
+    extra = _query_extra(root, instruction_seed)
+    queries = [opened(embeddings / "queries" / v.column.name, query_manifest(v.query_file, len(v), model_dir, extra))
+               for v in views]
+    return pools, queries
 
 
 def search_pools(views, pools: dict, query_embs: list[np.ndarray], ev) -> dict[str, list]:
@@ -165,6 +239,7 @@ def write_results(views, pools: dict, results: dict[str, list], ev, model_dir, r
         "k": {v.column.name: ev.k_for(v.column.name) for v in views},
         "queries": {v.column.name: len(v) for v in views},
         "pool_sizes": {v.column.name: v.pool_size for v in views}, "global_pool_size": global_size,
+        "pool_stores": {v.column.name: str(pools[v.local_pool].root) for v in views},  # read by the report
         # Positives of another dataset outside the local pool (OVEN/InfoSeek): not retrievable, query counted.
         "set_aside_positives": {v.column.name: v.set_aside for v in views}})
     write_json_atomic(out / "ci_metrics.json", {

@@ -10,8 +10,10 @@ not promise an order among ties (the CPU heap keeps the later id), so every per-
 re-sorted by (-score, row), and a query whose k-th and (k+1)-th scores tie inside a block is
 recomputed exactly for that block. :func:`search_numpy` is the brute-force oracle with the same rule.
 
-The GPU build of faiss is used when present (the flat index sharded over all GPUs), the CPU build
-otherwise; the results are the same up to float rounding.
+Queries are scored in blocks too, so memory is bounded by (query block x pool block), not by
+(all queries x pool). The GPU build of faiss is used when present (the flat index sharded over all
+GPUs), the CPU build otherwise, numpy where faiss is not installed; the results are the same up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_BLOCK_ROWS = 262_144  # rows of one shard converted to float32 at a time (1 GB at dim 1024)
+DEFAULT_BLOCK_ROWS = 65_536  # pool rows converted to float32 at a time (400 MB at dim 1536)
+DEFAULT_QUERY_BLOCK = 1_024  # queries scored at a time: the score tile is (1024, 65536) float32 = 256 MB
 
 
 @dataclass
@@ -58,18 +61,41 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def faiss_gpu_count() -> int:
-    """Number of GPUs faiss can use (0 for the CPU build or a machine without GPUs)."""
-    import faiss
-
+    """Number of GPUs faiss can use (0 for the CPU build, a machine without GPUs, or no faiss)."""
+    try:
+        import faiss
+    except ImportError:
+        return 0
     if not hasattr(faiss, "StandardGpuResources"):
         return 0
     return int(faiss.get_num_gpus())
 
 
-def _flat_index(dim: int, use_gpu: bool):
-    """An empty exact inner-product index; on GPUs, sharded over all of them (like UniIR)."""
-    import faiss
+class _NumpyFlatIP:
+    """The part of faiss ``IndexFlatIP``'s interface :func:`search` uses, in numpy (when faiss is absent)."""
 
+    def __init__(self) -> None:
+        self.block: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.block = None
+
+    def add(self, block: np.ndarray) -> None:
+        self.block = block
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = queries @ self.block.T  # (q, n)
+        rows = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+            np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        return np.take_along_axis(scores, rows, 1), rows  # unordered; the caller sorts by (-score, row)
+
+
+def _flat_index(dim: int, use_gpu: bool):
+    """An empty exact inner-product index; on GPUs, sharded over all of them (like UniIR); numpy without faiss."""
+    try:
+        import faiss
+    except ImportError:
+        return _NumpyFlatIP()
     index = faiss.IndexFlatIP(dim)
     if use_gpu:
         options = faiss.GpuMultipleClonerOptions()
@@ -95,12 +121,10 @@ def _exact_block_topk(queries: np.ndarray, block: np.ndarray, k: int) -> tuple[n
 
 
 def _block_topk(index, queries: np.ndarray, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """faiss top-k of one float32 block (rows local to the block), ties made deterministic."""
+    """Top-k of one float32 block already in ``index`` (rows local to the block), ties made deterministic."""
     n = block.shape[0]
     kk = min(k, n)
     probe = min(kk + 1, n)  # one extra result reveals whether the k-th score ties with the next one
-    index.reset()
-    index.add(block)
     scores, rows = index.search(queries, probe)  # (Q, probe)
     scores, rows = _sort_topk(scores, rows.astype(np.int64), probe)
     if probe > kk:
@@ -122,6 +146,17 @@ def _blocks(shards: Iterable[Shard], block_rows: int):
         start += n
 
 
+def _merge(best: tuple, s: np.ndarray, r: np.ndarray, ids: np.ndarray, k: int) -> tuple:
+    """Running top-k (scores, rows, ids), each (q, k), merged with a block's (q, k'): ordered by (-score, row)."""
+    all_s = np.concatenate([best[0], s], axis=1)  # (q, k + k')
+    all_r = np.concatenate([best[1], r], axis=1)
+    all_ids = np.concatenate([best[2], ids], axis=1)
+    # Rows of -1 (empty slots) must lose every tie: give them a row larger than any real one.
+    key_r = np.where(all_r < 0, np.iinfo(np.int64).max, all_r)
+    order = np.lexsort((key_r, -all_s), axis=1)[:, :k]
+    return tuple(np.take_along_axis(a, order, 1) for a in (all_s, all_r, all_ids))
+
+
 def search(
     queries: np.ndarray,
     shards: Iterable[Shard],
@@ -129,15 +164,21 @@ def search(
     *,
     use_gpu: bool | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    query_block: int = DEFAULT_QUERY_BLOCK,
 ) -> SearchResult:
     """Exact top-k inner-product search of ``queries`` (Q, D) over a pool given as shards.
 
-    Both sides are expected L2-normalised (then scores are cosine similarities). Shards are read one
-    block at a time, so the pool never has to fit in memory. ``use_gpu=None`` uses GPU faiss when
-    available. Returns the top ``k`` per query ordered by (-score, pool row).
+    Both sides are expected L2-normalised (then scores are cosine similarities). The pool is read once,
+    one block of ``block_rows`` rows of one shard at a time (memory-mapped shards: only that block is
+    resident), and scored against ``query_block`` queries at a time, so memory is bounded by
+    (query_block x block_rows) plus the running (Q, k) top-k, never by the pool or (Q x pool).
+    ``use_gpu=None`` uses GPU faiss when available (CPU faiss otherwise, numpy without faiss).
+    Returns the top ``k`` per query ordered by (-score, pool row).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if block_rows < 1 or query_block < 1:
+        raise ValueError(f"block_rows and query_block must be >= 1, got {block_rows}, {query_block}")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2:
         raise ValueError(f"queries must be 2-D (Q, D), got shape {queries.shape}")
@@ -145,25 +186,24 @@ def search(
     if use_gpu is None:
         use_gpu = faiss_gpu_count() > 0
     index = _flat_index(dim, use_gpu)
-    best_s = np.full((nq, k), -np.inf, dtype=np.float32)  # running top-k, (Q, k)
-    best_r = np.full((nq, k), -1, dtype=np.int64)
-    best_ids = np.full((nq, k), None, dtype=object)
+    best = [(np.full((hi - lo, k), -np.inf, dtype=np.float32), np.full((hi - lo, k), -1, dtype=np.int64),
+             np.full((hi - lo, k), None, dtype=object))
+            for lo, hi in ((lo, min(lo + query_block, nq)) for lo in range(0, nq, query_block))]
     for block, ids, start in _blocks(shards, block_rows):
         if block.shape[1] != dim:
             raise ValueError(f"pool dimension {block.shape[1]} != query dimension {dim}")
         if block.shape[0] == 0:
             continue
-        s, r = _block_topk(index, queries, block, k)  # (Q, k') with k' = min(k, n)
-        new_ids = np.asarray(ids, dtype=object)[r]  # (Q, k')
-        all_s = np.concatenate([best_s, s], axis=1)  # (Q, k + k')
-        all_r = np.concatenate([best_r, r + start], axis=1)
-        all_ids = np.concatenate([best_ids, new_ids], axis=1)
-        # Rows of -1 (empty slots) must lose every tie: give them a row larger than any real one.
-        key_r = np.where(all_r < 0, np.iinfo(np.int64).max, all_r)
-        order = np.lexsort((key_r, -all_s), axis=1)[:, :k]
-        best_s = np.take_along_axis(all_s, order, 1)
-        best_r = np.take_along_axis(all_r, order, 1)
-        best_ids = np.take_along_axis(all_ids, order, 1)
+        index.reset()
+        index.add(block)
+        ids = np.asarray(ids, dtype=object)
+        for b, lo in enumerate(range(0, nq, query_block)):
+            s, r = _block_topk(index, queries[lo:lo + query_block], block, k)  # (q, k') with k' = min(k, n)
+            best[b] = _merge(best[b], s, r + start, ids[r], k)
+        del block
+    if not best:
+        return SearchResult(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), [])
+    best_s, best_r, best_ids = (np.concatenate([b[i] for b in best]) for i in range(3))
     ids_out = [[i for i in row if i is not None] for row in best_ids]
     return SearchResult(scores=best_s, rows=best_r, ids=ids_out)
 

@@ -239,11 +239,13 @@ def load_examples(eval_dir: str | os.PathLike, root: str | os.PathLike, n: int, 
             picked[rec["column"]] = rec
             if len(picked) == n:
                 break
+    meta_path = eval_dir / "eval_meta.json"
+    stores = json.loads(meta_path.read_text()).get("pool_stores", {}) if meta_path.is_file() else {}
     examples = []
     for name, rec in picked.items():
         col = COLUMNS_BY_NAME[name]
         query = next((q for q in iter_queries(root / col.query_file) if q.qid == rec["qid"]), None)
-        store = EmbeddingStore.open(eval_dir / "embeddings" / "pools" / name)
+        store = EmbeddingStore.open(stores.get(name) or eval_dir / "embeddings" / "pools" / name)
         ids = rec["ids"][:top]
         info = describe_candidates([store], set(ids))
         examples.append({

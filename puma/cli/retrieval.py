@@ -1,4 +1,4 @@
-"""Top-level retrieval commands: ``puma embed``, ``puma evaluate``, ``puma search``, ``puma report``."""
+"""Top-level retrieval commands: ``puma embed``, ``puma embed-all``, ``puma evaluate``, ``puma search``, ``puma report``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,65 @@ def embed(
                f"({store.manifest['count']} candidates, dim {store.manifest['dim']}, {store.manifest['dtype']})")
 
 
+def embed_all(
+    model: Path = typer.Option(..., "--model", help="retriever checkpoint directory"),
+    data: Path | None = typer.Option(None, "--data", help="M-BEIR root (default: data.root)"),
+    out: Path = typer.Option(..., "--out", help="embeddings directory (pools/<column>/, queries/<column>/)"),
+    column: list[str] = typer.Option(None, "--column", help="only these columns (e.g. cirr_task7); default all 16"),
+    workers: int | None = typer.Option(None, "--workers", help="data-loader workers (default: runtime.num_workers)"),
+    device: str | None = typer.Option(None, "--device", help="default: cuda:LOCAL_RANK or cpu"),
+    params: str = PARAMS,
+) -> None:
+    """Embed every local pool and query file of evaluate.split (the `embed` stage); splits over torchrun ranks.
+
+    Under ``python -m flows.launch`` each of the WORLD_SIZE processes embeds shards j % WORLD_SIZE == RANK of
+    every store (on cuda:LOCAL_RANK where there are GPUs); after a barrier rank 0 checks every store is
+    complete and writes ``complete.json``. Reruns resume (only unfinished shards are embedded).
+    """
+    from puma import distributed
+    from puma.data.schema import DataError
+    from puma.embed import EmbeddingError
+    from puma.evaluate import embed_table1
+    from puma.io import write_json_atomic
+
+    s = _settings(params)
+    cols = _columns(column)
+    rank, world, local_rank = distributed.launched()
+    distributed.join_group()
+    try:
+        retriever = _retriever(model, s, _device(device, local_rank))
+        say = typer.echo if rank == 0 else (lambda msg: None)
+        _, pools, queries = embed_table1(
+            retriever, model, data or s.data.root, out, s, columns=cols, shard_index=rank, num_shards=world,
+            num_workers=s.runtime.num_workers if workers is None else workers, progress=say)
+        distributed.barrier()  # every rank's shards are written
+        if rank == 0:
+            stores = list(pools.values()) + queries
+            for st in stores:
+                st.check({})  # finished
+            write_json_atomic(out / "complete.json", {
+                "model": str(model), "model_fingerprint": stores[0].manifest["model_fingerprint"],
+                "split": s.evaluate.split, "processes": world,
+                "stores": {str(st.root.relative_to(out)): st.manifest["count"] for st in stores}})
+            typer.echo(f"{out}: {len(pools)} pool(s) ({sum(p.manifest['count'] for p in pools.values())} "
+                       f"candidates), {len(queries)} query file(s) on {world} process(es)")
+    except (DataError, EmbeddingError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        distributed.leave_group()
+
+
+def _columns(column: list[str] | None):
+    from puma.data.columns import column as column_by_name
+
+    try:
+        return [column_by_name(c) for c in column] if column else None
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(2) from None
+
+
 def evaluate(
     model: Path = typer.Option(..., "--model", help="retriever checkpoint directory"),
     data: Path | None = typer.Option(None, "--data", help="M-BEIR root (default: data.root)"),
@@ -73,28 +132,25 @@ def evaluate(
     column: list[str] = typer.Option(None, "--column", help="only these columns (e.g. cirr_task7); default all 16"),
     workers: int | None = typer.Option(None, "--workers", help="data-loader workers (default: runtime.num_workers)"),
     device: str | None = typer.Option(None, "--device"),
+    embeddings: Path | None = typer.Option(None, "--embeddings",
+                                           help="read these stores (from `puma embed-all`) instead of embedding"),
     params: str = PARAMS,
 ) -> None:
     """M-BEIR Table 1: all columns on their local pools and the global pool -> metrics.json (percent)."""
     import json
 
-    from puma.data.columns import column as column_by_name
     from puma.data.schema import DataError
     from puma.embed import EmbeddingError
     from puma.evaluate import evaluate_table1
     from puma.metrics import SUMMARY_KEYS
 
     s = _settings(params)
-    try:
-        cols = [column_by_name(c) for c in column] if column else None
-    except KeyError as e:
-        typer.echo(f"error: {e.args[0]}", err=True)
-        raise typer.Exit(2) from None
-    retriever = _retriever(model, s, _device(device))
+    cols = _columns(column)
+    retriever = None if embeddings else _retriever(model, s, _device(device))
     try:
         metrics = evaluate_table1(retriever, model, data or s.data.root, out, s, columns=cols,
                                   num_workers=s.runtime.num_workers if workers is None else workers,
-                                  progress=typer.echo)
+                                  embeddings=embeddings, progress=typer.echo)
     except (DataError, EmbeddingError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -182,6 +238,7 @@ def ablation_report(
 def register(app: typer.Typer) -> None:
     """Attach the retrieval commands to the root app."""
     app.command("embed")(embed)
+    app.command("embed-all")(embed_all)
     app.command("evaluate")(evaluate)
     app.command("search")(search)
     app.command("report")(report)

@@ -37,7 +37,15 @@ Nothing here imports torch at module level (the shard loop and the encoder impor
 from puma.embed.encoder import RetrieverEncoder
 from puma.embed.fingerprint import model_fingerprint
 from puma.embed.prefetch import Prefetcher
-from puma.embed.run import BatchEncoder, count_records, embed_pool, embed_queries, embed_records
+from puma.embed.run import (
+    BatchEncoder,
+    count_records,
+    embed_pool,
+    embed_queries,
+    embed_records,
+    pool_manifest,
+    query_manifest,
+)
 from puma.embed.store import FORMAT, IDENTITY_KEYS, MANIFEST, EmbeddingError, EmbeddingStore
 
 __all__ = [
@@ -54,5 +62,7 @@ __all__ = [
     "embed_queries",
     "embed_records",
     "model_fingerprint",
+    "pool_manifest",
+    "query_manifest",
 ]
 

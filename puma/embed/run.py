@@ -138,6 +138,19 @@ def count_records(path: str | os.PathLike) -> int:
         return sum(1 for line in f if line.strip())
 
 
+def pool_manifest(pool: str | os.PathLike, root: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
+    """The input-side manifest of a candidate pool's store (what :func:`embed_pool` records)."""
+    return {"kind": "documents", "model": str(model_dir), "model_fingerprint": model_fingerprint(model_dir),
+            "source": str(pool), "source_sha256": file_sha256(pool), "count": count_records(pool),
+            "root": str(root)}
+
+
+def query_manifest(source: str | os.PathLike, count: int, model_dir: str | os.PathLike, extra: dict) -> dict:
+    """The input-side manifest of a query file's store (what :func:`embed_queries` records)."""
+    return {"kind": "queries", "model": str(model_dir), "model_fingerprint": model_fingerprint(model_dir),
+            "source": str(source), "source_sha256": file_sha256(source), "count": count, "extra": extra}
+
+
 def embed_pool(
     encoder: BatchEncoder,
     pool: str | os.PathLike,
@@ -157,9 +170,7 @@ def embed_pool(
     from puma.data.schema import candidate_item, iter_candidates
     from puma.model.encoding import length_key
 
-    manifest = {"kind": "documents", "model": str(model_dir), "model_fingerprint": model_fingerprint(model_dir),
-                "source": str(pool), "source_sha256": file_sha256(pool), "count": count_records(pool),
-                "root": str(root)}
+    manifest = pool_manifest(pool, root, model_dir)
     records = ((c.did, candidate_item(c, root)) for c in iter_candidates(pool))
     return embed_records(records, out, encoder, manifest=manifest, length=length_key, **options)
 
@@ -182,7 +193,6 @@ def embed_queries(
     """
     from puma.model.encoding import length_key
 
-    manifest = {"kind": "queries", "model": str(model_dir), "model_fingerprint": model_fingerprint(model_dir),
-                "source": str(source), "source_sha256": file_sha256(source), "count": len(items), "extra": extra}
+    manifest = query_manifest(source, len(items), model_dir, extra)
     return embed_records(items, out, encoder, manifest=manifest, length=length_key,
                          **{"dtype": "float32", **options})

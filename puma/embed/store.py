@@ -96,6 +96,20 @@ class EmbeddingStore:
         for j in range(self.num_shards):
             yield self.shard(j)
 
+    def check(self, expected: dict) -> EmbeddingStore:
+        """Raise unless this store is finished and was made from ``expected``'s inputs (the identity
+        keys ``expected`` carries: a reader that did not embed checks it is reading the right store)."""
+        diff = [k for k in IDENTITY_KEYS if k in expected and self.manifest.get(k) != expected[k]]
+        if diff:
+            raise EmbeddingError(f"{self.root / MANIFEST}: made with different {', '.join(diff)} "
+                                 f"(e.g. {diff[0]}: {self.manifest.get(diff[0])!r} != {expected[diff[0]]!r}); "
+                                 "re-run `puma embed-all`")
+        missing = self.missing()
+        if missing:
+            raise EmbeddingError(f"{self.root}: {len(missing)} of {self.num_shards} shards unfinished "
+                                 f"(first: {missing[0]}); re-run `puma embed-all` to finish them")
+        return self
+
     def load(self) -> tuple[np.ndarray, list[str]]:
         """Everything in memory as float32 (for small pools, queries and tests): (N, D), N ids."""
         embs, ids = [], []

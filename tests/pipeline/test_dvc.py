@@ -21,6 +21,7 @@ STAGE_ENTRIES = {
     "teacher_cache": ["puma/train/stage1.py", "puma/train/teacher_cache.py"],
     "stage1": ["puma/train/stage1.py", "flows/launch.py"],
     "stage2": ["puma/train/stage2.py", "flows/launch.py"],
+    "embed": ["puma/evaluate.py", "puma/distributed.py", "flows/launch.py"],
     "evaluate": ["puma/evaluate.py"],
     "report": ["puma/report.py"],
     "register": ["puma/tracking/__init__.py"],
@@ -126,13 +127,14 @@ def _rerun(info, key: str) -> set[str]:
 def test_mac_lambda_reruns_stage2_onwards_only(stages):
     info, _ = stages
     assert _readers(info, "mac.lambda") == {"stage2"}
-    assert _rerun(info, "mac.lambda") == {"stage2", "evaluate", "report", "register"}
+    assert _rerun(info, "mac.lambda") == {"stage2", "embed", "evaluate", "report",
+                                                                "register"}
 
 
 def test_prune_layers_reruns_prune_onwards(stages):
     info, _ = stages
-    assert _rerun(info, "model.prune_layers") == {"prune", "teacher_cache", "stage1", "stage2", "evaluate",
-                                                  "report", "register"}
+    assert _rerun(info, "model.prune_layers") == {"prune", "teacher_cache", "stage1", "stage2", "embed",
+                                                  "evaluate", "report", "register"}
 
 
 def test_stage1_keys_do_not_touch_data_or_prune(stages):
@@ -140,6 +142,21 @@ def test_stage1_keys_do_not_touch_data_or_prune(stages):
     for key in ("stage1.lr", "stage1.alpha_mode", "stage1.distill_kind"):
         assert _readers(info, key) == {"stage1"}
     assert _readers(info, "evaluate.k_default") == {"evaluate"}
+
+
+@pytest.mark.parametrize("key", ["evaluate.k_default", "evaluate.k_overrides", "evaluate.pools",
+                                 "evaluate.top_k_saved"])
+def test_evaluate_keys_do_not_reembed(stages, key):
+    """Search/score keys re-run evaluate, report, register; the embeddings are kept."""
+    assert _rerun(stages[0], key) == {"evaluate", "report", "register"}
+
+
+def test_embedding_keys_reembed(stages):
+    info, _ = stages
+    for key in ("embed.shard_size", "prompt.max_pixels", "model.dtype", "evaluate.instruction_seed", "evaluate.split"):
+        assert "embed" in _readers(info, key), key
+        assert _rerun(info, key) >= {"embed", "evaluate", "report", "register"}
+    assert "evaluate" in info["embed"]["downstream"]  # evaluate reads the stores
 
 
 def test_metrics_and_plots_declared():

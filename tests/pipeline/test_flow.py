@@ -73,6 +73,20 @@ def test_run_streaming_streams_fails_and_times_out(tmp_path):
     assert time.monotonic() - start < 20
 
 
+def test_launch_argv_multi_node():
+    from flows.launch import launch_argv
+
+    cmd = ["puma", "embed-all", "--out", "x"]
+    tr = launch_argv(cmd, 1, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29400", rdzv_id="j")
+    assert tr == ["torchrun", "--nnodes=2", "--node_rank=1", "--rdzv_backend=c10d", "--rdzv_endpoint=10.0.0.1:29400",
+                  "--rdzv_id=j", "--nproc_per_node=1", "-m", "puma.cli", "embed-all", "--out", "x"]
+    acc = launch_argv(cmd, 4, "accelerate", nnodes=2, node_rank=0, rdzv_endpoint="h:1")
+    assert {"--num_processes=8", "--num_machines=2", "--machine_rank=0", "--main_process_ip=h",
+            "--main_process_port=1"} <= set(acc)
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        launch_argv(cmd, 2, nnodes=2)
+
+
 def test_launch_argv():
     from flows.launch import launch_argv
 
@@ -130,7 +144,7 @@ def test_flow_runs_stages_in_order_skips_unchanged_and_reruns_downstream(toy_rep
 # ---------------------------------------------------------------- the real pipeline (slow)
 
 UPSTREAM_OF_STAGE2 = {"tiny", "mbeir", "nli", "prune", "teacher_cache", "stage1"}
-STAGE2_ONWARDS = {"stage2", "evaluate", "report", "register"}
+STAGE2_ONWARDS = {"stage2", "embed", "evaluate", "report", "register"}
 
 
 @pytest.fixture(scope="module")

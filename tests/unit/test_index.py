@@ -33,6 +33,29 @@ def test_faiss_matches_numpy_oracle(dtype, block_rows):
     assert res.ids == [[f"c:{i}" for i in row] for row in r]
 
 
+@pytest.mark.parametrize("numpy_backend", [False, True])
+@pytest.mark.parametrize("query_block", [1, 7, 1000])
+def test_query_blocks_and_numpy_backend_match_the_oracle(monkeypatch, numpy_backend, query_block):
+    """Queries scored in blocks (and the numpy index used without faiss) give the oracle's top-k,
+    ties included (every pool vector appears twice)."""
+    from puma import index
+
+    if numpy_backend:
+        monkeypatch.setattr(index, "_flat_index", lambda dim, use_gpu: index._NumpyFlatIP())
+    rng = np.random.default_rng(4)
+    # Entries in {-1, 0, 1} / 4: every inner product is exact in float32 whatever the summation order,
+    # so the many equal scores are true ties (duplicated rows, and chance collisions) for every backend.
+    base = (rng.integers(-1, 2, (150, 24)) / 4).astype(np.float16)
+    pool = np.concatenate([base, base])
+    queries = (rng.integers(-1, 2, (33, 24)) / 4).astype(np.float32)
+    res = search(queries, _shards(pool, [64, 64, 64, 64, 44]), k=9, block_rows=50, query_block=query_block,
+                 use_gpu=False)
+    s, r = search_numpy(queries, pool.astype(np.float32), 9)
+    np.testing.assert_array_equal(res.rows, r)
+    np.testing.assert_allclose(res.scores, s, rtol=0, atol=1e-5)
+    assert res.ids == [[f"c:{i}" for i in row] for row in r]
+
+
 def test_ties_rank_earlier_row_first_across_shards_and_blocks():
     base = _pool(6, 16, 2)
     pool = np.concatenate([base] * 5)  # every vector 5 times: rows i, i+6, i+12, ...
