@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: install run test test-slow test-faults test-all bench gpu-check lint lock clean help
+.PHONY: install run test test-slow test-serve test-faults test-all bench gpu-check lint lock clean help
 .PHONY: flow prefect-up prefect-run prefect-down mlflow-ui
 
 help:
 	@echo "make run        install .venv and run the default pipeline (dvc repro on the embedded tiny default)"
 	@echo "make test       install .venv and run the default test suite (no slow/gpu/network tests)"
 	@echo "make test-slow  the slow tests (multi-process, kill -9 resume, end-to-end flow)"
+	@echo "make test-serve the registered model behind the real \`mlflow models serve\` (REST, errors, load)"
 	@echo "make test-faults  fault injection: kill -9 / truncation / ENOSPC / two repro at once (slow)"
 	@echo "make bench      benchmarks -> reports/bench.json + reports/bench.md"
 	@echo "make gpu-check  the GPU check on a bare GPU machine (system python3, no install; ARGS=--dry-run on CPU)"
@@ -62,6 +63,10 @@ test: install
 
 test-slow: install
 	python -m pytest -q -m slow
+
+# The champion behind the real `mlflow models serve`: REST contract, 400s, 20 clients x 30 s (slow, ~3 min).
+test-serve: install
+	python -m pytest -q -s -m slow tests/pipeline/test_serve.py
 
 # Fault injection on the pipeline in a clone: kill -9, truncated checkpoint, ENOSPC, concurrent repro.
 test-faults: install

@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 
 from puma import tracking
-from puma.config import load_settings
-
-COLUMNS = ["visualnews_task0"]
-
-
-def _png(color) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (56, 56), color).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+from tests.pipeline.pyfunc_helpers import image_b64 as _png
+from tests.pipeline.pyfunc_helpers import register_champion
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +19,7 @@ def champion(tmp_path_factory, tiny_dir):
     import mlflow
 
     root = tmp_path_factory.mktemp("pyfunc")
-    (root / "params.yaml").write_text("tracking:\n  uri: sqlite:///mlruns.db\n")
-    settings = load_settings(root / "params.yaml")
-    check = tracking.check_evaluation({p: {"visualnews_task0": 5.0, "avg": 5.0} for p in ("local", "global")},
-                                      ["local", "global"], COLUMNS)
-    run = tracking.log_pipeline(settings, root)
-    version = tracking.register_model(settings, run.run_id, tiny_dir, check, root)
-    assert tracking.promote(settings, version, root).promoted
+    settings = register_champion(root, tiny_dir)
     mlflow.set_tracking_uri(tracking.resolve_uri(settings.tracking.uri, root))
     return mlflow.pyfunc.load_model(f"models:/{settings.tracking.model_name}@champion")
 
