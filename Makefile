@@ -37,8 +37,9 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# PUMA_PIPELINE_START: when the pipeline started, for the register stage's `pipeline.wall_s` metric.
 run: install
-	dvc repro
+	PUMA_PIPELINE_START=$${PUMA_PIPELINE_START:-$$(date +%s.%N)} dvc repro
 	python -m flows.summary
 
 # Orchestration (README: Pipeline, Prefect, MLflow). The flow runs the dvc.yaml stages one by one.

@@ -33,6 +33,7 @@ if str(REPO) not in sys.path:  # a worker loads this file by path (entrypoint): 
 
 from flows.result import ARTIFACT_KEY, result_markdown
 from flows.summary import format_summary, pipeline_summary
+from puma.tracking.cost import START_ENV
 
 # Stages that put a model on the GPU (teacher embeddings, the two training stages, corpus embedding).
 # Their tasks carry this tag; a Prefect tag concurrency limit (`prefect concurrency-limit create gpu 1`,
@@ -133,9 +134,16 @@ def run_streaming(cmd: list[str], cwd: Path, timeout_s: float, log, env: dict[st
     return lines
 
 
+def start_env(now: float | None = None) -> dict[str, str]:
+    """``{PUMA_PIPELINE_START: unix seconds}`` for the stages of one pipeline run: the caller's value when
+    it set one (``make run``), else now. The register stage logs ``pipeline.wall_s`` from it."""
+    return {START_ENV: os.environ.get(START_ENV) or f"{time.time() if now is None else now:.3f}"}
+
+
 @task(task_run_name="{stage}", retries=1, retry_delay_seconds=10)
-def dvc_stage(stage: str, root: str, timeout_s: float = 4 * 3600, force: bool = False) -> dict[str, Any]:
-    """Run one DVC stage (``dvc repro --single-item``).
+def dvc_stage(stage: str, root: str, timeout_s: float = 4 * 3600, force: bool = False,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one DVC stage (``dvc repro --single-item``) with ``env`` added to its environment.
 
     DVC clears a stage's outs before running it; a retried training stage still resumes from its
     checkpoints, which live outside the outs under a fingerprint of code, params and inputs
@@ -144,7 +152,7 @@ def dvc_stage(stage: str, root: str, timeout_s: float = 4 * 3600, force: bool = 
     logger = get_run_logger()
     cmd = ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
     start = time.monotonic()
-    lines = run_streaming(cmd, Path(root), timeout_s, lambda line: logger.info("[%s] %s", stage, line))
+    lines = run_streaming(cmd, Path(root), timeout_s, lambda line: logger.info("[%s] %s", stage, line), env=env)
     skipped = any("didn't change, skipping" in line for line in lines)
     return {"stage": stage, "seconds": round(time.monotonic() - start, 1), "skipped": skipped}
 
@@ -173,6 +181,7 @@ def puma(
             stages resume from their last checkpoint).
     """
     root = Path(repo).resolve() if repo else REPO
+    env = start_env()  # when this pipeline run started: the register stage logs its wall time
     sets = apply_overrides(root, params_file, overrides)
     if sets:
         print(f"params.yaml overrides: {' '.join(sets)}")
@@ -182,7 +191,7 @@ def puma(
     forced = set(stages or order) if force else set()
     for stage in order:
         run = dvc_stage.with_options(retries=retries, tags={GPU_TAG} if stage in GPU_STAGES else set())
-        results.append(run(stage, str(root), stage_timeout_s, stage in forced))
+        results.append(run(stage, str(root), stage_timeout_s, stage in forced, env))
     summary = {"stages": results, **pipeline_summary(root)}
     print(format_summary(summary))
     from prefect.artifacts import create_markdown_artifact

@@ -26,7 +26,7 @@ stages:
     params: [mac.lambda]
     outs: [b.txt]
   side:
-    cmd: python -c "import pathlib; pathlib.Path('s.txt').write_text('s')"
+    cmd: python -c "import os, pathlib; pathlib.Path('s.txt').write_text(os.environ.get('PUMA_PIPELINE_START', ''))"
     outs: [s.txt]
 """
 
@@ -128,14 +128,30 @@ def test_overrides_apply_like_dvc_exp_run(toy_repo):
         apply_overrides(toy_repo, None, {"model.prune_layers": 99})
 
 
-@pytest.mark.slow  # the Prefect engine starts a temporary server (about 25 s in all)
-def test_flow_runs_stages_in_order_skips_unchanged_and_reruns_downstream(toy_repo):
-    from flows.puma_flow import puma
+def test_start_env_is_the_callers_start_or_now(monkeypatch):
+    from flows.puma_flow import start_env
+    from puma.tracking.cost import START_ENV, wall_seconds
 
+    monkeypatch.delenv(START_ENV, raising=False)
+    assert start_env(now=1000.0) == {START_ENV: "1000.000"}
+    monkeypatch.setenv(START_ENV, "990.5")  # `make run` set it: the flow keeps the caller's start
+    assert start_env(now=1000.0) == {START_ENV: "990.5"}
+    assert wall_seconds(now=1000.0) == 9.5
+
+
+@pytest.mark.slow  # the Prefect engine starts a temporary server (about 25 s in all)
+def test_flow_runs_stages_in_order_skips_unchanged_and_reruns_downstream(toy_repo, monkeypatch):
+    from flows.puma_flow import puma
+    from puma.tracking.cost import START_ENV
+
+    monkeypatch.delenv(START_ENV, raising=False)
+    before = time.time()
     first = puma(repo=str(toy_repo))
     assert [(s["stage"], s["skipped"]) for s in first["stages"]] == [("first", False), ("second", False),
                                                                        ("side", False)]
     assert (toy_repo / "b.txt").read_text() == "ab"
+    # every stage saw when the pipeline run started (the register stage turns it into pipeline.wall_s)
+    assert before <= float((toy_repo / "s.txt").read_text()) <= time.time()
     again = puma(repo=str(toy_repo), overrides={"mac.lambda": 0.5})
     assert [(s["stage"], s["skipped"]) for s in again["stages"]] == [("first", True), ("second", False),
                                                                        ("side", True)]

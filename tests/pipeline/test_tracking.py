@@ -107,6 +107,22 @@ def test_parent_and_nested_runs(store, monkeypatch):
     assert json.loads((local / "config.json").read_text())["model_type"] == "qwen2_vl"
 
 
+def test_pipeline_wall_time_is_a_run_metric_when_the_start_is_known(store, monkeypatch):
+    import time
+
+    import mlflow
+
+    from puma.tracking.cost import START_ENV
+
+    monkeypatch.setenv(START_ENV, f"{time.time() - 12.5:.3f}")  # as the flow and `make run` set it
+    _, run, _, _ = _register(store, monkeypatch, "wall-model", _metrics(40.0), promote=False)
+    metrics = mlflow.MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics
+    assert 12.5 <= metrics["pipeline.wall_s"] < 12.5 + 120
+    monkeypatch.delenv(START_ENV)
+    _, run, _, _ = _register(store, monkeypatch, "wall-model", _metrics(40.0), promote=False)
+    assert "pipeline.wall_s" not in mlflow.MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics
+
+
 def test_gate_does_not_promote_a_worse_challenger(store, monkeypatch):
     _, _, v1, d1 = _register(store, monkeypatch, "gate-model", _metrics(50.0))
     assert d1.promoted and "no champion" in d1.reason
