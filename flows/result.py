@@ -9,27 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from flows.summary import pipeline_outputs
 from puma.report import table1_markdown
-from puma.tracking import read_metrics
+from puma.tracking import read_metrics, ui_links
+from puma.tracking.store import UI_WORKFLOW
 
 ARTIFACT_KEY = "puma-result"  # Prefect keys: lowercase letters, digits and dashes
 
 
 def mlflow_ui_links(tracking_uri: str, experiment_id: str | None, run_id: str | None,
                     model_name: str | None, version: str | None) -> dict[str, str]:
-    """UI addresses of the run and the model version on an ``http(s)`` tracking server; ``{}`` otherwise."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return {}
-    base = tracking_uri.rstrip("/")
-    links = {}
-    if experiment_id and run_id:
-        links["run"] = f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-    if model_name and version:
-        links["model_version"] = f"{base}/#/models/{quote(model_name, safe='')}/versions/{version}"
-    return links
+    """UI addresses of the experiment, the run and the model version on an ``http(s)`` tracking server;
+    ``{}`` otherwise (:func:`puma.tracking.ui_links`, the one owner)."""
+    return ui_links(tracking_uri, experiment_id, run_id, model_name, version)
 
 
 def _registry(path: Path) -> dict[str, Any] | None:
@@ -51,6 +44,8 @@ def _mlflow_section(reg: dict[str, Any]) -> list[str]:
     links = mlflow_ui_links(uri, exp_id, run_id, name, version)
     lines = ["## MLflow", ""]
     if links:
+        if "experiment" in links:
+            lines.append(f"- experiment: [{exp_id}: all runs]({links['experiment']})")
         if "run" in links:
             lines.append(f"- run: [{run_id}]({links['run']})")
         if "model_version" in links:
@@ -61,7 +56,8 @@ def _mlflow_section(reg: dict[str, Any]) -> list[str]:
         if uri.startswith("sqlite:"):
             lines += ["", (f"The store `{uri}` is a local file, not a server: open its UI with `make mlflow-ui` "
                            f"(`mlflow ui --backend-store-uri {uri}`), then on http://127.0.0.1:5000 "
-                           f"`#/experiments/{exp_id}/runs/{run_id}` and `#/models/{name}/versions/{version}`.")]
+                           f"`#/experiments/{exp_id}/runs/{run_id}` and `#/models/{name}/versions/{version}` "
+                           f"(the runs table: `#/experiments/{exp_id}?{UI_WORKFLOW}`).")]
         else:
             lines += ["", f"Tracking URI: `{uri}`."]
     lines.append(f"- load it: `mlflow.artifacts.download_artifacts('models:/{name}/{version}')` or "

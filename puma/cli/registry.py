@@ -133,10 +133,12 @@ def ui(
     if settings.tracking.uri.startswith(("http://", "https://")):
         typer.echo(f"tracking.uri is a server: open {settings.tracking.uri}")
         return
+    _, _, exp_id = tracking.connect(settings, Path.cwd())
     cmd = tracking.ui_command(settings, Path.cwd(), host, port)
     exe = shutil.which(cmd[0])
     if exe is None:
         typer.echo("error: the mlflow command is not on PATH", err=True)
         raise typer.Exit(1)
     typer.echo(" ".join(cmd))
+    typer.echo(f"the runs: {tracking.ui_links(f'http://{host}:{port}', exp_id)['experiment']}")
     os.execv(exe, cmd)

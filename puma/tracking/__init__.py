@@ -32,7 +32,14 @@ from puma.tracking.registry import (
 )
 from puma.tracking.runs import PipelineRun, log_pipeline
 from puma.tracking.steps import MlflowStepLogger, step_loggers
-from puma.tracking.store import PARENT_ENV, connect, resolve_artifact_location, resolve_uri, ui_command
+from puma.tracking.store import (
+    PARENT_ENV,
+    connect,
+    resolve_artifact_location,
+    resolve_uri,
+    ui_command,
+    ui_links,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -61,5 +68,6 @@ __all__ = [
     "step_loggers",
     "step_rows",
     "ui_command",
+    "ui_links",
     "version_model_id",
 ]

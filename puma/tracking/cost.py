@@ -82,13 +82,20 @@ def stage_cost(stage: str, step_rows: list[dict[str, float]], metrics: dict[str,
     return out
 
 
-def wall_seconds(now: float | None = None) -> float | None:
-    """Seconds since ``$PUMA_PIPELINE_START`` (unix seconds), or None when the caller did not set it."""
+def pipeline_start() -> float | None:
+    """``$PUMA_PIPELINE_START`` (unix seconds, set by the flow and ``make run``), or None when unset."""
     raw = os.environ.get(START_ENV)
     if not raw:
         return None
     try:
-        start = float(raw)
+        return float(raw)
     except ValueError:
         raise ValueError(f"${START_ENV} must be unix seconds, got {raw!r}") from None
+
+
+def wall_seconds(now: float | None = None) -> float | None:
+    """Seconds since ``$PUMA_PIPELINE_START`` (unix seconds), or None when the caller did not set it."""
+    start = pipeline_start()
+    if start is None:
+        return None
     return max(0.0, (time.time() if now is None else now) - start)

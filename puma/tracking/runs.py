@@ -16,7 +16,7 @@ from typing import Any
 
 from puma.config import Settings
 from puma.tracking.checks import flat_numbers, read_metrics, step_rows
-from puma.tracking.cost import stage_cost, wall_seconds
+from puma.tracking.cost import pipeline_start, stage_cost, wall_seconds
 from puma.tracking.lineage import git_commit, read_lock
 from puma.tracking.store import PARENT_ENV, connect, log_metrics, log_params, log_steps, resolve_uri
 
@@ -99,9 +99,10 @@ def log_pipeline(
     parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
     sha, dirty = git_commit(root)
     own = parent_run_id is None
-    if own:
-        parent = client.create_run(exp_id, run_name=run_name or f"pipeline-{sha[:8]}",
-                                   tags={"puma.kind": "pipeline"})
+    if own:  # started when the pipeline did, if the caller said when: the UI's Duration is its wall time
+        start = pipeline_start()
+        parent = client.create_run(exp_id, start_time=None if start is None else int(start * 1000),
+                                   run_name=run_name or f"pipeline-{sha[:8]}", tags={"puma.kind": "pipeline"})
         parent_run_id = parent.info.run_id
     client.set_tag(parent_run_id, "git.commit", sha)
     client.set_tag(parent_run_id, "git.dirty", str(dirty).lower())

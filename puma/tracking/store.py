@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from puma.config import Settings
 
@@ -18,6 +19,10 @@ _MAX_METRICS_PER_BATCH = 1000
 # The tag the MLflow 3 UI reads to open an experiment on its runs ("Machine learning") rather than on
 # the GenAI traces overview (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI has a sidebar switch "GenAI | Model training" that overrides that tag: it is read from
+# the address (?workflowType=...) or the browser's storage, and defaults to GenAI, so a first visit to
+# #/experiments/<id> lands on the empty traces overview. Links to an experiment carry the query instead.
+UI_WORKFLOW = "workflowType=machine_learning"
 
 
 def is_server(uri: str) -> bool:
@@ -77,6 +82,23 @@ def connect(settings: Settings, root: Path):
         if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made before the tag was set
             client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return mlflow, client, exp_id
+
+
+def ui_links(base: str, experiment_id: str | None = None, run_id: str | None = None,
+             model_name: str | None = None, version: str | None = None) -> dict[str, str]:
+    """MLflow UI addresses on an ``http(s)`` server or UI at ``base``: ``experiment`` (its runs table),
+    ``run``, ``model_version``, as far as the ids are given; ``{}`` when ``base`` is not a server."""
+    if not is_server(base):
+        return {}
+    base = base.rstrip("/")
+    links = {}
+    if experiment_id:
+        links["experiment"] = f"{base}/#/experiments/{experiment_id}?{UI_WORKFLOW}"
+        if run_id:
+            links["run"] = f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    if model_name and version:
+        links["model_version"] = f"{base}/#/models/{quote(model_name, safe='')}/versions/{version}"
+    return links
 
 
 def ui_command(settings: Settings, root: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

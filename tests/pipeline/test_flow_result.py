@@ -51,6 +51,8 @@ def test_markdown_has_both_pools_the_decision_and_server_links(tmp_path):
     assert "**promoted**" in md and "promoted: global.avg 11.70 >= champion v2" in md and "v2 -> v3" in md
     assert "[abc123](http://127.0.0.1:5123/#/experiments/7/runs/abc123)" in md
     assert "[puma-retriever v3](http://127.0.0.1:5123/#/models/puma-retriever/versions/3)" in md
+    # the runs table, not the GenAI overview MLflow 3.17's UI opens an experiment on by default
+    assert "(http://127.0.0.1:5123/#/experiments/7?workflowType=machine_learning)" in md
     assert "| stage2 | 12.3 | yes |" in md and "| tiny | 0.5 | skipped |" in md
 
 
@@ -89,7 +91,8 @@ def test_links_only_for_http_servers():
     assert mlflow_ui_links("sqlite:///x.db", "1", "r", "m", "1") == {}
     assert mlflow_ui_links("file:///tmp/mlruns", "1", "r", "m", "1") == {}
     links = mlflow_ui_links("https://mlflow.example/", "1", "r", "my model", "2")
-    assert links == {"run": "https://mlflow.example/#/experiments/1/runs/r",
+    assert links == {"experiment": "https://mlflow.example/#/experiments/1?workflowType=machine_learning",
+                     "run": "https://mlflow.example/#/experiments/1/runs/r",
                      "model_version": "https://mlflow.example/#/models/my%20model/versions/2"}
 
 

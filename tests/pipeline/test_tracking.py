@@ -114,10 +114,12 @@ def test_pipeline_wall_time_is_a_run_metric_when_the_start_is_known(store, monke
 
     from puma.tracking.cost import START_ENV
 
-    monkeypatch.setenv(START_ENV, f"{time.time() - 12.5:.3f}")  # as the flow and `make run` set it
+    start = time.time() - 12.5
+    monkeypatch.setenv(START_ENV, f"{start:.3f}")  # as the flow and `make run` set it
     _, run, _, _ = _register(store, monkeypatch, "wall-model", _metrics(40.0), promote=False)
-    metrics = mlflow.MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics
-    assert 12.5 <= metrics["pipeline.wall_s"] < 12.5 + 120
+    parent = mlflow.MlflowClient(run.tracking_uri).get_run(run.run_id)
+    assert 12.5 <= parent.data.metrics["pipeline.wall_s"] < 12.5 + 120
+    assert parent.info.start_time == int(float(f"{start:.3f}") * 1000)  # the UI's Duration: the wall time
     monkeypatch.delenv(START_ENV)
     _, run, _, _ = _register(store, monkeypatch, "wall-model", _metrics(40.0), promote=False)
     assert "pipeline.wall_s" not in mlflow.MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics
