@@ -112,3 +112,15 @@ def test_local_stack_runs_what_the_compose_file_declares(compose):
                  "MLFLOW_BUCKET", "MLFLOW_PORT", "PREFECT_PORT", "MINIO_PORT", "GPU_SLOTS"):
         assert f"${{{name}:-" in stack and name in _env_example(), name
     assert "127.0.0.1" in stack and "0.0.0.0" not in stack
+
+
+def test_the_images_run_the_versions_the_local_stack_runs(compose):
+    """The compose MLflow image pins what requirements/infra.txt (.venv-infra) pins; the Prefect server
+    image is the lock's Prefect: the Docker stack is the one `make test-infra` ran."""
+    pins = dict(re.findall(r"^([A-Za-z0-9_.\-\[\]]+)==(\S+)", (INFRA.parent / "requirements/infra.txt").read_text(), re.MULTILINE))
+    lock = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (INFRA.parent / "requirements/lock.txt").read_text(), re.MULTILINE))
+    docker = dict(re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', (INFRA / "mlflow.Dockerfile").read_text()))
+    assert docker == {k: pins[k] for k in ("mlflow", "psycopg2-binary", "boto3")}, (docker, pins)
+    assert pins["mlflow"] == lock["mlflow"]
+    image = compose["services"]["prefect-server"]["image"]
+    assert image.startswith(f"prefecthq/prefect:{lock['prefect']}-"), (image, lock["prefect"])
