@@ -96,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     pages = mlflow_pages(args.mlflow, args.experiment, args.model)
     if args.prefect:
         pages.update(prefect_pages(args.prefect))
+    width, height = args.size.split(",")
     for name, url in pages.items():
         out = args.out / f"{name}.png"
-        screenshot(url, out, args.size)
+        # the compare page lists every param before the metrics: render it tall
+        screenshot(url, out, f"{width},{int(height) * 4}" if name == "compare" else args.size)
         print(f"{name} {url} -> {out}")
     return 0
 
