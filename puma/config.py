@@ -47,8 +47,14 @@ class DataSettings(_Section):
     download_splits: list[Literal["train", "val", "test"]] = ["test"]
 
 
+# The embedded default's checkpoints: the random tiny Qwen2-VL (`tiny` stage) and the base the pipeline
+# starts from, that model after `pretrain` (the stages write these paths; dvc.yaml names them too).
+TINY_DIR = "artifacts/tiny"
+PRETRAINED_DIR = "artifacts/pretrained"
+
+
 class ModelSettings(_Section):
-    base: str = "artifacts/tiny"
+    base: str = PRETRAINED_DIR
     depth: int = Field(8, ge=1)
     prune_layers: int = Field(4, ge=1)
     ret_token: str = "[RET]"

@@ -16,14 +16,18 @@ def tiny(
     out: Path = typer.Option(..., "--out", help="directory to write the checkpoint to"),
     seed: int = typer.Option(0, "--seed", help="weights and tokenizer seed"),
     layers: int = typer.Option(8, "--layers", help="decoder layers of the tiny model"),
-    base: str = typer.Option(None, "--base", help="model.base: when it is not OUT, write only a marker file"),
+    base: str = typer.Option(None, "--base", help="model.base: unless it is OUT or the embedded pretrained base, "
+                             "write only a marker file"),
 ) -> None:
     """Write the tiny random Qwen2-VL (safetensors + tokenizer with [RET] + processor) to OUT.
 
-    With ``--base`` naming another checkpoint (a hub id, a random 2B), the tiny model is not needed:
-    OUT gets only ``NOT_BUILT.json`` saying so (the DVC stage stays cheap and its output defined).
+    With ``--base`` naming another checkpoint than OUT or ``artifacts/pretrained`` (which `puma model
+    pretrain` builds from it) - a hub id, a random 2B - the tiny model is not needed: OUT gets only
+    ``NOT_BUILT.json`` saying so (the DVC stage stays cheap and its output defined).
     """
-    if base is not None and Path(base).resolve() != out.resolve():
+    from puma.config import PRETRAINED_DIR
+
+    if base is not None and Path(base).resolve() not in (out.resolve(), Path(PRETRAINED_DIR).resolve()):
         from puma.io import atomic_dir, write_json_atomic
 
         with atomic_dir(out) as tmp:

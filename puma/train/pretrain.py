@@ -18,6 +18,8 @@ order, word choice, torch seed). The output is an ordinary HF checkpoint (safete
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 import re
 import time
@@ -38,19 +40,64 @@ def content_words(text: str | None) -> list[str]:
     return [w for w in re.findall(r"[a-z]+", (text or "").lower()) if w not in STOPWORDS and len(w) > 1]
 
 
+@functools.cache
+def world_words() -> dict[str, str]:
+    """The words that name things in MBEIR-mini's world (puma.data.vocab), lower case -> the form the world
+    writes them in: colours, shapes, garments, sizes, positions, textures, regions, and entity names and
+    kinds (capitalised: "Juniperhill", "Castle", one token each in the tiny tokenizer). These are the answers
+    after ``[RET]``: an item's state must say *which* item it is, not how its caption was phrased."""
+    from puma.data import vocab
+
+    words = vocab.COLORS + vocab.SHAPES + vocab.GARMENTS + vocab.SIZES + vocab.TEXTURES
+    words += [w for p in vocab.POSITIONS for w in p.split()] + [r.split()[-1] for r in vocab.REGIONS]
+    words += [w for name in vocab.ENTITIES for w in name.split()]
+    return {w.lower(): w for w in words}
+
+
+def name_words(text: str | None) -> list[str]:
+    """The world words of ``text`` (in the world's spelling), first occurrence order, each once."""
+    known = world_words()
+    return list(dict.fromkeys(known[w] for w in re.findall(r"[a-z]+", (text or "").lower()) if w in known))
+
+
+def scene_words(scene: dict | None) -> list[str]:
+    """The described attributes of a scene record (``src_content["scene"]`` of MBEIR-mini) as words: what
+    a caption of the picture would name (garments and emblems have no described size or position)."""
+    if not scene:
+        return []
+    attrs = ["color", "shape", "texture"]
+    attrs += ["trim"] if scene.get("kind") in ("garment", "emblem") else ["size", "position"]
+    words = [w for a in attrs for w in str(scene.get(a) or "").split() if w and w != "none"]
+    return list(dict.fromkeys(words))
+
+
+def pair_words(pair: dict) -> list[str]:
+    """The words that name a pair's target: the attributes of the positive's scene
+    (``pair["positive_scene"]``, what its picture shows or its caption describes); without one (an entity's
+    passage), the world words of the positive's text, else of the query's, else their content words. Both
+    sides of the pair are taught these words, so a query and its positive converge."""
+    q, p = pair["query"], pair["positive"]
+    return (scene_words(pair.get("positive_scene")) or name_words(p.get("text")) or name_words(q.get("text"))
+            or content_words(p.get("text")) or content_words(q.get("text")))
+
+
 def pretrain_examples(pairs, seed: int) -> list[tuple[dict, bool, list[str]]]:
-    """``(item, is_query, words)`` per side of every (query, positive) pair: both sides get the words of
-    the pair's text (the positive's when it has text, else the query's), so they learn the same answers."""
+    """``(item, is_query, words)`` per side of every (query, positive) pair (:func:`pair_words`); pairs
+    without any word are dropped; shuffled with ``seed``."""
     out = []
     for pair in pairs:
-        q, p = pair["query"], pair["positive"]
-        words = content_words(p.get("text")) or content_words(q.get("text"))
+        words = pair_words(pair)
         if not words:
             continue
-        out.append((q, True, words))
-        out.append((p, False, words))
+        out.append((pair["query"], True, words))
+        out.append((pair["positive"], False, words))
     random.Random(seed).shuffle(out)
     return out
+
+
+def answer_token_ids(tokenizer, words: list[str]) -> list[int]:
+    """The first token of each word as it follows ``[RET]`` in ``"[RET] word."`` (a leading space), each once."""
+    return list(dict.fromkeys(tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words))
 
 
 def lm_labels(batch) -> torch.Tensor:
@@ -61,8 +108,15 @@ def lm_labels(batch) -> torch.Tensor:
     return labels
 
 
-def pretrain_loss(model, batch, answer_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean next-token loss over text tokens + ``answer_weight`` x the loss of the word at ``[RET]``."""
+def pretrain_loss(model, batch, answer_weight: float, targets: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean next-token loss over the text tokens + ``answer_weight`` x the answer loss at ``[RET]``.
+
+    ``targets`` ``(B, V)``: each row a distribution over the item's answer tokens (uniform over its
+    words); the answer loss is then the cross-entropy against it, i.e. the expected next-token loss over
+    the word drawn after ``[RET]`` (lower variance than one sampled word; the sampled word's own position
+    is left out of the mean LM loss). Without ``targets``: the loss of the word written after ``[RET]``.
+    """
     import torch.nn.functional as F
 
     from puma.model.encoding import MODEL_INPUTS, mrope_positions
@@ -70,10 +124,16 @@ def pretrain_loss(model, batch, answer_weight: float) -> tuple[torch.Tensor, dic
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     logits = model(**inputs, position_ids=mrope_positions(model, inputs), use_cache=False).logits  # (B, S, V)
     labels = lm_labels(batch)
-    lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
     rows = torch.arange(logits.shape[0])
     pos = batch["ret_positions"]
-    answer = F.cross_entropy(logits[rows, pos], batch["input_ids"][rows, pos + 1])
+    if targets is not None:
+        labels[rows, pos + 1] = -100
+    lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    at_ret = logits[rows, pos]  # (B, V)
+    if targets is None:
+        answer = F.cross_entropy(at_ret, batch["input_ids"][rows, pos + 1])
+    else:
+        answer = -(targets * F.log_softmax(at_ret, dim=-1)).sum(-1).mean()
     return lm + answer_weight * answer, {"loss_lm": lm.item(), "loss_answer": answer.item()}
 
 
@@ -82,7 +142,15 @@ def load_pairs(root: str | Path, seed: int) -> list[dict]:
     from puma.data.datasets import MBEIRTrain
 
     ds = MBEIRTrain(root, seed=seed)
-    return [ds[i] for i in range(len(ds))]
+    pairs = [ds[i] for i in range(len(ds))]
+    for pair in pairs:  # the positive's scene record (MBEIR-mini's src_content): what its picture shows
+        src = ds.candidates[pair["did"]].src_content
+        try:
+            scene = json.loads(src).get("scene") if src else None
+        except (ValueError, AttributeError):
+            scene = None
+        pair["positive_scene"] = scene if isinstance(scene, dict) else None
+    return pairs
 
 
 def pretrain_base(
@@ -125,7 +193,11 @@ def pretrain_base(
                 continue
             batch = collate(processor, [it for it, _ in part], is_query, prompt, ret_token,
                             answers=[rng.choice(words) for _, words in part])
-            loss, terms = pretrain_loss(model, batch, answer_weight)
+            targets = torch.zeros(len(part), model.config.get_text_config().vocab_size)
+            for row, (_, words) in enumerate(part):
+                ids = answer_token_ids(processor.tokenizer, words)
+                targets[row, ids] = 1.0 / len(ids)
+            loss, terms = pretrain_loss(model, batch, answer_weight, targets)
             (loss * len(part) / batch_size).backward()
             total += loss.item() * len(part) / batch_size
             for k, v in terms.items():
