@@ -62,7 +62,7 @@ def random_arch(
 
 @app.command("pretrain")
 def pretrain(
-    base: str = typer.Option("artifacts/tiny", "--base", help="the full-depth checkpoint to pretrain"),
+    base: str = typer.Option("artifacts/tiny", "--base", help="the full-depth checkpoint to pretrain (the tiny stage's)"),
     data: Path = typer.Option(None, "--data", help="MBEIR-mini root (train split) [params data.root]"),
     out: Path = typer.Option(Path("artifacts/pretrained"), "--out", help="directory for the pretrained checkpoint"),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="params file (pretrain, prompt)"),

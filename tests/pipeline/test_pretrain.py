@@ -14,6 +14,8 @@ from puma.train.pretrain import content_words, lm_labels, pretrain_examples
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import text_pairs
 
+STEPS = 40  # text pairs of 6 colours x 4 shapes x 2 sizes: enough for the [RET] word to name all three
+
 
 def test_content_words_and_examples_share_the_pair_words():
     assert content_words("A small red circle in the top left of the picture.") == ["small", "red", "circle", "top",
@@ -55,13 +57,10 @@ def _recall_at_1(model, proc, pairs) -> float:
     return (q @ d.T).argmax(1).eq(torch.arange(len(pairs))).float().mean().item()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 14, measured: after 60 text steps the pretrained model's [RET] "
-                   "states collapse (mean pairwise cosine 0.999); full depth beats its k=4 prefix (R@1 0.21 vs "
-                   "0.17 of 47) but not the random base (0.36): the pretraining recipe is not there yet")
 def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tmp_path):
     """The issue-14 guard: after pretraining, the full-depth [RET] state retrieves better than the k=4
-    prefix of the same model (the teacher knows more than the student), and better than chance."""
+    prefix of the same model (the teacher knows more than the student), better than the random base,
+    and far better than chance; its states no longer collapse onto one direction."""
     from transformers import Qwen2VLForConditionalGeneration
 
     from puma.model.processor import load_processor
@@ -70,7 +69,7 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
 
     torch.set_num_threads(1)
     train = text_pairs(96, seed=0)
-    pretrain_base(tiny_dir, tmp_path / "pt", train, PromptSettings(), steps=60, batch_size=16, lr=3e-3, seed=0)
+    pretrain_base(tiny_dir, tmp_path / "pt", train, PromptSettings(), steps=STEPS, batch_size=16, lr=3e-3, seed=0)
     seen: set[str] = set()
     held_out = [p for p in text_pairs(200, seed=1) if not (p["query"]["text"] in seen or seen.add(p["query"]["text"]))]
     proc = load_processor(tmp_path / "pt")
@@ -79,5 +78,5 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
     r_full, r_pruned = _recall_at_1(full, proc, held_out), _recall_at_1(pruned, proc, held_out)
     random_full = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
     r_random = _recall_at_1(random_full, proc, held_out)
-    assert r_full > r_pruned, (r_full, r_pruned)
-    assert r_full > r_random and r_full > 3 / len(held_out), (r_full, r_random)
+    assert r_full > r_pruned + 0.1, (r_full, r_pruned)
+    assert r_full > r_random + 0.1 and r_full > 5 / len(held_out), (r_full, r_random)
