@@ -86,7 +86,7 @@ def pretrain(
     cfg = settings.pretrain
     pairs = load_pairs(data or settings.data.root, cfg.seed)
     record = pretrain_base(base, out, pairs, settings.prompt, steps=steps or cfg.steps, batch_size=cfg.batch_size,
-                           lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed,
+                           lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
                            ret_token=settings.model.ret_token, log=typer.echo)
     typer.echo(f"pretrained {base} for {record['steps']} steps ({record['seconds']} s, final loss "
                f"{record['final_loss']}) -> {out}")

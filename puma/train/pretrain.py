@@ -7,13 +7,18 @@ loss on the retriever's own prompt form, answered::
 
     <image and/or sentence> Summarize above image/sentence in one word: [RET] <word>.
 
-on the (query, positive) pairs of MBEIR-mini's *train* split (never val/test). The word is drawn from
-the content words of the pair's text (the caption, passage or edit), so a query and its positive are
-taught to predict the same words at ``[RET]``: the state there comes to summarise the content. Each
-step's loss is the mean next-token loss over the text tokens (images and padding masked) plus
-``answer_weight`` times the loss of the word at ``[RET]``. Deterministic for ``pretrain.seed`` (data
-order, word choice, torch seed). The output is an ordinary HF checkpoint (safetensors + processor),
-``config.json["puma"]["pretrain"]`` recording the run.
+on the (query, positive) pairs of MBEIR-mini's *train* split (never val/test). The words that name a
+pair's target are the world's own (:func:`pair_words`): the attributes of the positive's scene (colour,
+shape, size, position, texture, trim) or the entity names, kinds and attributes of its passage, so a
+query and its positive are taught to predict the same words at ``[RET]``: the state there must say
+*which* item it is. Each step's loss is the mean next-token loss over the text tokens (images and
+padding masked) plus ``answer_weight`` times the answer loss at ``[RET]``: the expected next-token loss
+of the item's words, each within its word class (:func:`pretrain_loss`), with ``lm_head`` zeroed first
+(``head_init``). Why: with the whole vocabulary and one sampled content word, the loss falls from 7.6
+to the marginal at once by a constant state, and the [RET] states collapsed onto it (issue 14, mean
+cosine 0.999 after 40 steps). Deterministic for ``pretrain.seed`` (data order, word choice, torch seed).
+The output is an ordinary HF checkpoint (safetensors + processor), ``config.json["puma"]["pretrain"]``
+recording the run.
 """
 
 from __future__ import annotations
@@ -195,7 +200,7 @@ def load_pairs(root: str | Path, seed: int) -> list[dict]:
 
 def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
-    answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "embeddings", log=None,
+    answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero", log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``."""
     from transformers import Qwen2VLForConditionalGeneration
@@ -210,13 +215,19 @@ def pretrain_base(
     if processor.tokenizer.convert_tokens_to_ids(ret_token) == processor.tokenizer.unk_token_id:
         raise ValueError(f"{base}: the tokenizer has no {ret_token} token")
     model = Qwen2VLForConditionalGeneration.from_pretrained(base, torch_dtype=torch.float32)
-    if head_init == "embeddings" and not getattr(model.config, "tie_word_embeddings", False):
-        # The output row of a word starts as its input row: a [RET] state that carries the embeddings of
-        # the words it attends to already scores those words (the E5-V effect, from the first step).
-        with torch.no_grad():
+    if head_init not in ("zero", "embeddings", "random"):
+        raise ValueError(f"head_init must be 'zero', 'embeddings' or 'random', got {head_init!r}")
+    if getattr(model.config, "tie_word_embeddings", False) and head_init != "random":
+        raise ValueError(f"{base}: lm_head is tied to the input embeddings; head_init {head_init!r} needs an untied one")
+    with torch.no_grad():
+        if head_init == "zero":
+            # Every answer starts equally likely within its class (the balanced marginal): no constant
+            # [RET] state lowers the answer loss, so nothing pulls the states together.
+            model.lm_head.weight.zero_()
+        elif head_init == "embeddings":
+            # A word's output row starts as its input row: a state carrying the embeddings of the words it
+            # attends to already scores them.
             model.lm_head.weight.copy_(model.get_input_embeddings().weight)
-    elif head_init not in ("embeddings", "random"):
-        raise ValueError(f"head_init must be 'embeddings' or 'random', got {head_init!r}")
     model.train()
     examples = pretrain_examples(pairs, seed)
     if len(examples) < batch_size:
@@ -255,7 +266,8 @@ def pretrain_base(
         if (step + 1) % 10 == 0 or step == 0:
             say(f"pretrain step {step + 1}/{steps} loss {total:.3f} answer {terms_sum.get('loss_answer', 0):.3f}")
     model.eval()
-    record = {"steps": steps, "batch_size": batch_size, "lr": lr, "answer_weight": answer_weight, "seed": seed,
+    record = {"steps": steps, "batch_size": batch_size, "lr": lr, "answer_weight": answer_weight,
+              "head_init": head_init, "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
               "seconds": round(time.perf_counter() - start, 1)}
     model.config.puma = {**(getattr(model.config, "puma", None) or {}), "pretrain": record}

@@ -80,3 +80,38 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
     r_random = _recall_at_1(random_full, proc, held_out)
     assert r_full > r_pruned + 0.1, (r_full, r_pruned)
     assert r_full > r_random + 0.1 and r_full > 5 / len(held_out), (r_full, r_random)
+
+
+def test_world_words_classes_and_answer_targets(tiny_dir):
+    from puma.model.processor import load_processor
+    from puma.train.pretrain import answer_targets, name_words, pair_words, scene_words, word_classes
+
+    assert name_words("Juniperhill Theater was founded in 1850. Its emblem is a red star in a blue frame.") == [
+        "Juniperhill", "Theater", "red", "star", "blue"]
+    scene = {"kind": "garment", "color": "orange", "shape": "scarf", "texture": "diagonal", "trim": "green",
+             "size": "large", "position": "center"}
+    assert scene_words(scene) == ["orange", "scarf", "diagonal", "green"]  # a garment has no described size
+    # An image positive is named by its scene, not by the query's edit text.
+    pair = {"query": {"text": "make it red", "image": "q.jpg"}, "positive": {"image": "p.jpg"}, "positive_scene": scene}
+    assert pair_words(pair) == ["orange", "scarf", "diagonal", "green"]
+    tok = load_processor(tiny_dir).tokenizer
+    (red, colours), (star, shapes) = answer_targets(tok, ["red", "star"])
+    assert len(colours) == len(word_classes()["color"]) and red in colours.tolist() and star in shapes.tolist()
+    assert tok.decode([red]).strip() == "red"
+    assert answer_targets(tok, ["unheardof"])[0][1] is None  # outside the world's classes: whole vocabulary
+
+
+def test_pretrain_cli_marks_a_hub_base(tmp_path):
+    """With a hub base the tiny stage writes only NOT_BUILT.json, and so does pretrain (nothing to train)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from puma.cli import app
+
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "NOT_BUILT.json").write_text("{}")
+    res = CliRunner().invoke(app, ["model", "pretrain", "--base", str(tmp_path / "tiny"), "--out", str(tmp_path / "pt")])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "pt").iterdir()] == ["NOT_BUILT.json"]
+    assert json.loads((tmp_path / "pt" / "NOT_BUILT.json").read_text())["reason"]
