@@ -119,10 +119,10 @@ class Stage1Settings(_StageSettings):
 class PretrainSettings(_Section):
     """The embedded tiny base's pretraining (puma.train.pretrain); nothing runs for a hub base."""
 
-    steps: int = Field(100, ge=1)
+    steps: int = Field(300, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
-    answer_weight: float = Field(1.0, ge=0)  # extra weight on the word after [RET]
+    answer_weight: float = Field(4.0, ge=0)  # extra weight on the word after [RET]
     head_init: Literal["zero", "embeddings", "random"] = "zero"  # lm_head before pretraining (puma.train.pretrain)
     seed: int = 0
 
