@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import typer
@@ -84,8 +85,17 @@ def pretrain(
         typer.echo(f"{base}: no embedded tiny model; nothing to pretrain ({out}/NOT_BUILT.json)")
         return
     cfg = settings.pretrain
+    steps = cfg.steps if steps is None else steps
+    if steps == 0:
+        # Off (the default): the pipeline's base is the tiny model itself, file for file.
+        with atomic_dir(out) as tmp:
+            for f in sorted(Path(base).iterdir()):
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+        typer.echo(f"pretrain.steps is 0: {out} is {base} unchanged")
+        return
     pairs = load_pairs(data or settings.data.root, cfg.seed)
-    record = pretrain_base(base, out, pairs, settings.prompt, steps=steps or cfg.steps, batch_size=cfg.batch_size,
+    record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
                            lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
                            ret_token=settings.model.ret_token, log=typer.echo)
     typer.echo(f"pretrained {base} for {record['steps']} steps ({record['seconds']} s, final loss "

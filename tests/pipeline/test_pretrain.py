@@ -120,3 +120,20 @@ def test_pretrain_cli_marks_a_hub_base(tmp_path):
     assert res.exit_code == 0, res.output
     assert [p.name for p in (tmp_path / "pt").iterdir()] == ["NOT_BUILT.json"]
     assert json.loads((tmp_path / "pt" / "NOT_BUILT.json").read_text())["reason"]
+
+
+def test_pretrain_steps_zero_passes_the_base_through(tiny_dir, tmp_path):
+    """pretrain.steps 0 (the default): OUT holds the base's files byte for byte, and nothing is trained."""
+    from typer.testing import CliRunner
+
+    from puma.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text("pretrain:\n  steps: 0\n")
+    res = CliRunner().invoke(app, ["model", "pretrain", "--base", str(tiny_dir), "--out", str(tmp_path / "pt"),
+                                   "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert "unchanged" in res.output
+    names = sorted(p.name for p in Path(tiny_dir).iterdir() if p.is_file())
+    assert sorted(p.name for p in (tmp_path / "pt").iterdir()) == names
+    assert all((tmp_path / "pt" / n).read_bytes() == (Path(tiny_dir) / n).read_bytes() for n in names)
