@@ -167,7 +167,7 @@ def puma(
     stage_timeout_s: float = 4 * 3600,
     retries: int = 1,
 ) -> dict[str, Any]:
-    """The PUMA pipeline: tiny, mbeir, nli -> prune -> teacher_cache -> stage1 -> stage2 -> embed -> evaluate -> report -> register.
+    """The PUMA pipeline: tiny -> pretrain, mbeir, nli -> prune -> teacher_cache -> stage1 -> stage2 -> embed -> evaluate -> report -> register.
 
     Args:
         params_file: params file to run with (copied over ``params.yaml``; default: use it as is).

@@ -47,8 +47,14 @@ class DataSettings(_Section):
     download_splits: list[Literal["train", "val", "test"]] = ["test"]
 
 
+# The embedded default's checkpoints: the random tiny Qwen2-VL (`tiny` stage) and the base the pipeline
+# starts from, that model after `pretrain` (the stages write these paths; dvc.yaml names them too).
+TINY_DIR = "artifacts/tiny"
+PRETRAINED_DIR = "artifacts/pretrained"
+
+
 class ModelSettings(_Section):
-    base: str = "artifacts/tiny"
+    base: str = PRETRAINED_DIR
     depth: int = Field(8, ge=1)
     prune_layers: int = Field(4, ge=1)
     ret_token: str = "[RET]"
@@ -113,10 +119,11 @@ class Stage1Settings(_StageSettings):
 class PretrainSettings(_Section):
     """The embedded tiny base's pretraining (puma.train.pretrain); nothing runs for a hub base."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(0, ge=0)  # 0: off, the base passes through unchanged (the default until measured)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
-    answer_weight: float = Field(1.0, ge=0)  # extra weight on the word after [RET]
+    answer_weight: float = Field(4.0, ge=0)  # extra weight on the word after [RET]
+    head_init: Literal["zero", "embeddings", "random"] = "zero"  # lm_head before pretraining (puma.train.pretrain)
     seed: int = 0
 
 

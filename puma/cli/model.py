@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import typer
@@ -16,14 +17,18 @@ def tiny(
     out: Path = typer.Option(..., "--out", help="directory to write the checkpoint to"),
     seed: int = typer.Option(0, "--seed", help="weights and tokenizer seed"),
     layers: int = typer.Option(8, "--layers", help="decoder layers of the tiny model"),
-    base: str = typer.Option(None, "--base", help="model.base: when it is not OUT, write only a marker file"),
+    base: str = typer.Option(None, "--base", help="model.base: unless it is OUT or the embedded pretrained base, "
+                             "write only a marker file"),
 ) -> None:
     """Write the tiny random Qwen2-VL (safetensors + tokenizer with [RET] + processor) to OUT.
 
-    With ``--base`` naming another checkpoint (a hub id, a random 2B), the tiny model is not needed:
-    OUT gets only ``NOT_BUILT.json`` saying so (the DVC stage stays cheap and its output defined).
+    With ``--base`` naming another checkpoint than OUT or ``artifacts/pretrained`` (which `puma model
+    pretrain` builds from it) - a hub id, a random 2B - the tiny model is not needed: OUT gets only
+    ``NOT_BUILT.json`` saying so (the DVC stage stays cheap and its output defined).
     """
-    if base is not None and Path(base).resolve() != out.resolve():
+    from puma.config import PRETRAINED_DIR
+
+    if base is not None and Path(base).resolve() not in (out.resolve(), Path(PRETRAINED_DIR).resolve()):
         from puma.io import atomic_dir, write_json_atomic
 
         with atomic_dir(out) as tmp:
@@ -58,7 +63,7 @@ def random_arch(
 
 @app.command("pretrain")
 def pretrain(
-    base: str = typer.Option("artifacts/tiny", "--base", help="the full-depth checkpoint to pretrain"),
+    base: str = typer.Option("artifacts/tiny", "--base", help="the full-depth checkpoint to pretrain (the tiny stage's)"),
     data: Path = typer.Option(None, "--data", help="MBEIR-mini root (train split) [params data.root]"),
     out: Path = typer.Option(Path("artifacts/pretrained"), "--out", help="directory for the pretrained checkpoint"),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="params file (pretrain, prompt)"),
@@ -80,9 +85,18 @@ def pretrain(
         typer.echo(f"{base}: no embedded tiny model; nothing to pretrain ({out}/NOT_BUILT.json)")
         return
     cfg = settings.pretrain
+    steps = cfg.steps if steps is None else steps
+    if steps == 0:
+        # Off (the default): the pipeline's base is the tiny model itself, file for file.
+        with atomic_dir(out) as tmp:
+            for f in sorted(Path(base).iterdir()):
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+        typer.echo(f"pretrain.steps is 0: {out} is {base} unchanged")
+        return
     pairs = load_pairs(data or settings.data.root, cfg.seed)
-    record = pretrain_base(base, out, pairs, settings.prompt, steps=steps or cfg.steps, batch_size=cfg.batch_size,
-                           lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed,
+    record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
+                           lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
                            ret_token=settings.model.ret_token, log=typer.echo)
     typer.echo(f"pretrained {base} for {record['steps']} steps ({record['seconds']} s, final loss "
                f"{record['final_loss']}) -> {out}")

@@ -544,18 +544,21 @@ def synth_mbeir(out: str | Path, seed: int = 0, scale: float = 1.0) -> Path:
 
 
 def synth_nli(out: str | Path, rows: int = 512, seed: int = 0) -> Path:
-    """SimCSE-format NLI csv (``sent0,sent1,hard_neg``): sent1 entails sent0 (paraphrase of every part),
-    hard_neg contradicts it (another activity). Deterministic; written atomically."""
+    """SimCSE-format NLI csv (``sent0,sent1,hard_neg``) about MBEIR-mini's world (issue 14): sent1 describes
+    sent0's scene or entity in another form, hard_neg a neighbour one attribute away
+    (:func:`puma.data.vocab.world_nli_triple`; the entities are MBEIR-mini's for the same ``seed``).
+    Deterministic; written atomically."""
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
     out = Path(out)
     rng = random.Random(f"nli:{seed}")
+    catalog = vocab.entity_catalog(random.Random(f"mbeir-mini:{seed}:catalog"))
 
     def write(f) -> None:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["sent0", "sent1", "hard_neg"])
         for _ in range(rows):
-            w.writerow(vocab.nli_triple(rng))
+            w.writerow(vocab.world_nli_triple(rng, catalog))
 
     atomic_write(out, write, mode="w")
     return out

@@ -281,6 +281,30 @@ NLI_PLACES = [
 ]
 
 
+def world_nli_triple(rng: random.Random, catalog: list[Entity]) -> tuple[str, str, str]:
+    """A SimCSE triple about MBEIR-mini's own world (what stage 1 trains on, so it can transfer to retrieval):
+    sent0 describes a scene or an entity, sent1 describes the same one in another form, hard_neg describes a
+    neighbour one attribute away in sent0's form (objects and garments: captions of every style; entities:
+    a fact passage, paraphrased by another passage about the same entity, against another entity's passage
+    on the same fact). Only the generator's own sentence forms, so the tokenizer knows every word."""
+    kind = rng.choices(("object", "garment", "entity"), weights=(3, 1, 1))[0]
+    if kind == "entity":
+        e, facts = rng.choice(catalog), ["year", "region", "emblem"]
+        fact = rng.choice(facts)
+        other = rng.choice([f for f in facts if f != fact])
+        neg = rng.choice([x for x in catalog if x.kind == e.kind and x.name != e.name])
+        return entity_passage(e, fact), entity_passage(e, other), entity_passage(neg, fact)
+    scene = random_scene(rng, kind)
+    forms = ([(fashion_caption, v) for v in range(3)] if kind == "garment"
+             else [(f, v) for f in (coco_caption, news_caption) for v in range(3)])
+    (f0, v0), (f1, v1) = rng.sample(forms, 2)
+    sent0 = f0(scene, v0)
+    # A neighbour whose change sent0's form shows (some forms leave out the size or the texture).
+    attrs = [a for a in EDITABLE[kind] if f0(neighbours(scene, a)[0], v0) != sent0]
+    neighbour = change_one(rng, scene, rng.choice(attrs))[0]
+    return sent0, f1(scene, v1), f0(neighbour, v0)
+
+
 def nli_triple(rng: random.Random) -> tuple[str, str, str]:
     """(premise, entailed paraphrase, contradiction): SimCSE's (sent0, sent1, hard_neg) by construction."""
     subj, plural, subj_para = rng.choice(NLI_SUBJECTS)

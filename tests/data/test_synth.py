@@ -116,5 +116,12 @@ def test_nli_is_deterministic_and_shaped_like_simcse(tmp_path, nli_mini):
     with open(nli_mini, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["sent0", "sent1", "hard_neg"] and len(rows) == 65
+    from puma.data import vocab
+
+    def colours(s: str) -> set[str]:
+        return {w.strip(".,") for w in s.split()} & set(vocab.COLORS)
+
     for s0, s1, neg in rows[1:]:
-        assert s0 != s1 and s0 != neg and s0.split()[-1] == neg.split()[-1]  # negative: same place, other act
+        assert s0 != s1 and s0 != neg
+        assert colours(s1) == colours(s0)  # the same scene or entity (emblem and frame colours), another form
+        assert abs(len(neg.split()) - len(s0.split())) <= 5  # the negative: sent0's form about a neighbour

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -21,10 +22,11 @@ def test_other_base_writes_only_a_marker(tmp_path):
     assert json.loads((out / "NOT_BUILT.json").read_text())["model.base"] == "Qwen/Qwen2-VL-7B-Instruct"
 
 
-def test_embedded_base_builds(tmp_path, monkeypatch):
+@pytest.mark.parametrize("base", ["artifacts/tiny", "artifacts/pretrained"])
+def test_embedded_base_builds(tmp_path, monkeypatch, base):
+    """The embedded base is the tiny model itself or its pretrained copy (the `pretrain` stage's output)."""
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(app, ["model", "tiny", "--out", "artifacts/tiny", "--layers", "2",
-                                   "--base", "artifacts/tiny"])
+    res = CliRunner().invoke(app, ["model", "tiny", "--out", "artifacts/tiny", "--layers", "2", "--base", base])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "artifacts/tiny/model.safetensors").is_file()
 

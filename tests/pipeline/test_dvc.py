@@ -17,6 +17,7 @@ STAGE_ENTRIES = {
     "tiny": ["puma/model/tiny.py", "puma/data/corpus.py"],  # the CLI passes the corpus to the builder
     "mbeir": ["puma/data/synth.py"],
     "nli": ["puma/data/synth.py"],
+    "pretrain": ["puma/train/pretrain.py"],
     "prune": ["puma/model/prune.py"],
     "teacher_cache": ["puma/train/stage1.py", "puma/train/teacher_cache.py"],
     "stage1": ["puma/train/stage1.py", "flows/launch.py"],
@@ -167,3 +168,17 @@ def test_metrics_and_plots_declared():
     plots = [next(iter(p)) for p in spec["plots"]]
     assert all(p.startswith("reports/report/plots/") and p.endswith(".csv") for p in plots)
     assert "artifacts/eval" in spec["stages"]["evaluate"]["outs"]
+
+
+def test_pretrain_feeds_prune_and_the_teacher(stages):
+    """The embedded default's base is the pretrained tiny model: `pretrain` reads `tiny`, prune and the
+    full-depth teacher read model.base = artifacts/pretrained, and pretraining keys re-run prune onwards."""
+    from puma.config import PRETRAINED_DIR, load_settings
+
+    info, _ = stages
+    assert load_settings(REPO / "params.yaml").model.base == PRETRAINED_DIR
+    assert "artifacts/tiny" in info["pretrain"]["deps"] and info["pretrain"]["outs"] == [PRETRAINED_DIR]
+    for stage in ("prune", "teacher_cache", "stage1"):
+        assert PRETRAINED_DIR in info[stage]["deps"], stage
+    assert _readers(info, "pretrain.steps") == {"pretrain"}
+    assert _rerun(info, "pretrain.lr") >= {"pretrain", "prune", "teacher_cache", "stage1", "stage2", "evaluate"}

@@ -159,7 +159,7 @@ def test_flow_runs_stages_in_order_skips_unchanged_and_reruns_downstream(toy_rep
 
 # ---------------------------------------------------------------- the real pipeline (slow)
 
-UPSTREAM_OF_STAGE2 = {"tiny", "mbeir", "nli", "prune", "teacher_cache", "stage1"}
+UPSTREAM_OF_STAGE2 = {"tiny", "pretrain", "mbeir", "nli", "prune", "teacher_cache", "stage1"}
 STAGE2_ONWARDS = {"stage2", "embed", "evaluate", "report", "register"}
 
 

@@ -14,6 +14,8 @@ from puma.train.pretrain import content_words, lm_labels, pretrain_examples
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import text_pairs
 
+STEPS = 40  # text pairs of 6 colours x 4 shapes x 2 sizes: enough for the [RET] word to name all three
+
 
 def test_content_words_and_examples_share_the_pair_words():
     assert content_words("A small red circle in the top left of the picture.") == ["small", "red", "circle", "top",
@@ -56,12 +58,14 @@ def _recall_at_1(model, proc, pairs) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 14, measured: after 60 text steps the pretrained model's [RET] "
-                   "states collapse (mean pairwise cosine 0.999); full depth beats its k=4 prefix (R@1 0.21 vs "
-                   "0.17 of 47) but not the random base (0.36): the pretraining recipe is not there yet")
+@pytest.mark.xfail(strict=True, reason="issue 14, measured (docs/results/zero_shot.md): with class-restricted "
+                   "world-word answers and a zeroed lm_head the marginal shortcut is gone, but in 40-60 steps the "
+                   "answer loss does not fall below the balanced marginal; the states stay collapsed (cosine 0.9999) "
+                   "and R@1 full 0.02-0.40 vs the random base's 0.36: the recipe is not there yet")
 def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tmp_path):
     """The issue-14 guard: after pretraining, the full-depth [RET] state retrieves better than the k=4
-    prefix of the same model (the teacher knows more than the student), and better than chance."""
+    prefix of the same model (the teacher knows more than the student), better than the random base,
+    and far better than chance; its states no longer collapse onto one direction."""
     from transformers import Qwen2VLForConditionalGeneration
 
     from puma.model.processor import load_processor
@@ -70,7 +74,7 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
 
     torch.set_num_threads(1)
     train = text_pairs(96, seed=0)
-    pretrain_base(tiny_dir, tmp_path / "pt", train, PromptSettings(), steps=60, batch_size=16, lr=3e-3, seed=0)
+    pretrain_base(tiny_dir, tmp_path / "pt", train, PromptSettings(), steps=STEPS, batch_size=16, lr=3e-3, seed=0)
     seen: set[str] = set()
     held_out = [p for p in text_pairs(200, seed=1) if not (p["query"]["text"] in seen or seen.add(p["query"]["text"]))]
     proc = load_processor(tmp_path / "pt")
@@ -81,3 +85,55 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
     r_random = _recall_at_1(random_full, proc, held_out)
     assert r_full > r_pruned, (r_full, r_pruned)
     assert r_full > r_random and r_full > 3 / len(held_out), (r_full, r_random)
+
+
+def test_world_words_classes_and_answer_targets(tiny_dir):
+    from puma.model.processor import load_processor
+    from puma.train.pretrain import answer_targets, name_words, pair_words, scene_words, word_classes
+
+    assert name_words("Juniperhill Theater was founded in 1850. Its emblem is a red star in a blue frame.") == [
+        "Juniperhill", "Theater", "red", "star", "blue"]
+    scene = {"kind": "garment", "color": "orange", "shape": "scarf", "texture": "diagonal", "trim": "green",
+             "size": "large", "position": "center"}
+    assert scene_words(scene) == ["orange", "scarf", "diagonal", "green"]  # a garment has no described size
+    # An image positive is named by its scene, not by the query's edit text.
+    pair = {"query": {"text": "make it red", "image": "q.jpg"}, "positive": {"image": "p.jpg"}, "positive_scene": scene}
+    assert pair_words(pair) == ["orange", "scarf", "diagonal", "green"]
+    tok = load_processor(tiny_dir).tokenizer
+    (red, colours), (star, shapes) = answer_targets(tok, ["red", "star"])
+    assert len(colours) == len(word_classes()["color"]) and red in colours.tolist() and star in shapes.tolist()
+    assert tok.decode([red]).strip() == "red"
+    assert answer_targets(tok, ["unheardof"])[0][1] is None  # outside the world's classes: whole vocabulary
+
+
+def test_pretrain_cli_marks_a_hub_base(tmp_path):
+    """With a hub base the tiny stage writes only NOT_BUILT.json, and so does pretrain (nothing to train)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from puma.cli import app
+
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "NOT_BUILT.json").write_text("{}")
+    res = CliRunner().invoke(app, ["model", "pretrain", "--base", str(tmp_path / "tiny"), "--out", str(tmp_path / "pt")])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "pt").iterdir()] == ["NOT_BUILT.json"]
+    assert json.loads((tmp_path / "pt" / "NOT_BUILT.json").read_text())["reason"]
+
+
+def test_pretrain_steps_zero_passes_the_base_through(tiny_dir, tmp_path):
+    """pretrain.steps 0 (the default): OUT holds the base's files byte for byte, and nothing is trained."""
+    from typer.testing import CliRunner
+
+    from puma.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text("pretrain:\n  steps: 0\n")
+    res = CliRunner().invoke(app, ["model", "pretrain", "--base", str(tiny_dir), "--out", str(tmp_path / "pt"),
+                                   "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert "unchanged" in res.output
+    names = sorted(p.name for p in Path(tiny_dir).iterdir() if p.is_file())
+    assert sorted(p.name for p in (tmp_path / "pt").iterdir()) == names
+    assert all((tmp_path / "pt" / n).read_bytes() == (Path(tiny_dir) / n).read_bytes() for n in names)

@@ -94,7 +94,7 @@ def test_switch_keeps_comments_and_round_trips(tmp_path):
     comments = [line for line in original.splitlines() if "#" in line]
     assert sum("#" in line for line in switch.new.splitlines()) == len(comments)
     diff = switch.diff(params)
-    assert "+  base: Qwen/Qwen2-VL-7B-Instruct" in diff and "-  base: artifacts/tiny" in diff
+    assert "+  base: Qwen/Qwen2-VL-7B-Instruct" in diff and "-  base: artifacts/pretrained" in diff
     assert "+  lr: 1.0e-4" in diff  # the file's float style, read back as a float
     assert settings_from_text(switch.new, params).stage1.lr == 1e-4
     for name in ["paper-2b", "rehearsal-2b", "paper-7b", "default"]:
