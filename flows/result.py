@@ -76,10 +76,11 @@ def result_markdown(root: str | Path, stages: list[dict[str, Any]] | None = None
     root = Path(root)
     if outputs is None:
         outputs = {k: p.relative_to(root) for k, p in pipeline_outputs(root).items()}
-    METRICS, REGISTRY = outputs["metrics"], outputs["registry"]
+    # A pipeline without an evaluate / register stage (a toy dvc.yaml) reports those sections as absent.
+    METRICS, REGISTRY = outputs.get("metrics", Path("(no evaluate stage)")), outputs.get("registry", Path("(no register stage)"))
     lines = ["# PUMA pipeline result", ""]
     metrics_path = root / METRICS
-    if metrics_path.exists():
+    if "metrics" in outputs and metrics_path.exists():
         metrics = read_metrics(metrics_path)
         pools = {pool: metrics[pool] for pool in ("local", "global") if isinstance(metrics.get(pool), dict)}
         status = metrics.get("status", "complete")
@@ -88,7 +89,7 @@ def result_markdown(root: str | Path, stages: list[dict[str, Any]] | None = None
     else:
         lines += [f"_No evaluation yet: `{METRICS}` not found._", ""]
 
-    reg = _registry(root / REGISTRY)
+    reg = _registry(root / REGISTRY) if "registry" in outputs else None
     lines += ["## Registry decision", ""]
     if reg is None:
         lines += [f"_Nothing registered: `{REGISTRY}` not found._", ""]

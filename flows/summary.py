@@ -19,14 +19,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pipeline_outputs(root: Path = REPO) -> dict[str, Path]:
-    """``metrics`` / ``report`` / ``registry`` -> the file the pipeline of ``root/dvc.yaml`` writes there."""
+    """``metrics`` / ``report`` / ``registry`` -> the file the pipeline of ``root/dvc.yaml`` writes there (if it has that stage)."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         outs = {s.name: [Path(o.def_path) for o in s.outs] for s in repo.index.stages if getattr(s, "name", None)}
-    return {"metrics": root / outs["evaluate"][0] / "metrics.json",
-            "report": root / outs["report"][0] / "report.md",
-            "registry": root / outs["register"][0]}
+    # A pipeline without some of these stages (a toy dvc.yaml, a partial one) simply has fewer outputs.
+    files = {"metrics": ("evaluate", "metrics.json"), "report": ("report", "report.md"), "registry": ("register", None)}
+    return {key: root / outs[stage][0] / name if name else root / outs[stage][0]
+            for key, (stage, name) in files.items() if outs.get(stage)}
 
 
 def pipeline_summary(root: Path = REPO) -> dict[str, Any]:

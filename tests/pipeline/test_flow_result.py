@@ -106,3 +106,16 @@ def test_gpu_stages_exist_and_every_stack_creates_the_gpu_limit():
     assert GPU_STAGES <= stages and {"stage1", "stage2"} <= GPU_STAGES
     for script in ("flows/prefect_local.sh", "infra/local_stack.sh", "infra/docker-compose.yml"):
         assert f"concurrency-limit create {GPU_TAG} " in (repo / script).read_text(), script
+
+
+def test_a_pipeline_without_evaluate_or_register_has_fewer_outputs(tmp_path):
+    """A toy dvc.yaml (one stage, as the slow flow test's): no KeyError, the result says what is absent."""
+    from dvc.repo import Repo
+
+    from flows.result import result_markdown
+
+    Repo.init(str(tmp_path), no_scm=True).close()
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo hi > s.txt\n    outs:\n      - s.txt\n")
+    assert pipeline_outputs(tmp_path) == {}
+    md = result_markdown(tmp_path)
+    assert "no evaluate stage" in md and "no register stage" in md
