@@ -41,9 +41,11 @@ CUTS: dict[str, dict[str, object]] = {
               "stage1.checkpoint_every": 1, "stage2.max_steps": 1, "stage2.batch_size": 2,
               "stage2.checkpoint_every": 1, "embed.batch_size": 4},
 }
-# DVC cache link types (dvc config cache.type): reflink where the file system has it (copy-on-write, no
-# extra bytes), else hard links (no extra bytes; DVC makes linked outs read-only), else copies.
-LINK_TYPES = {"default": None, "copy": "copy", "hardlink": "reflink,hardlink,copy", "symlink": "reflink,symlink,copy"}
+# DVC cache link types (dvc config cache.type). DVC 3.67 links a stage's outs to the cache after `dvc repro`
+# only when the FIRST type is hardlink (dvc/output.py: commit(relink=...)); "reflink,hardlink,copy" and
+# "symlink,copy" leave a full copy in the workspace on a file system without reflinks (measured on ext4:
+# workspace + cache = 2x). "hardlink,copy": one inode, read-only, in both places; copies across devices.
+LINK_TYPES = {"repo": None, "copy": "copy", "hardlink": "hardlink,copy", "reflink": "reflink,hardlink,copy"}
 AREAS = {  # workspace-relative paths whose bytes the table reports
     "artifacts": "artifacts", "dvc_cache": ".dvc/cache", "mlflow_artifacts": "mlartifacts",
     "teacher_cache": "artifacts/teacher_cache", "embeddings": "artifacts/embeddings",
@@ -79,8 +81,12 @@ def disk(work: Path) -> dict[str, int]:
     return out
 
 
-def _tree_rss(root_pid: int) -> int:
-    """Sum of the resident set of ``root_pid`` and all its descendants (bytes)."""
+def _tree_memory(root_pid: int) -> tuple[int, int]:
+    """(sum of the resident sets, largest ``VmHWM``) over ``root_pid`` and all its descendants, in bytes.
+
+    ``VmHWM`` is a process's own peak (reset at exec), so the largest one seen is the stage process's
+    peak even between samples; ``ru_maxrss`` of a child would carry over the forking parent's peak.
+    """
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -91,15 +97,19 @@ def _tree_rss(root_pid: int) -> int:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-    page, total, stack = os.sysconf("SC_PAGE_SIZE"), 0, [root_pid]
+    rss = hwm = 0
+    stack = [root_pid]
     while stack:
         pid = stack.pop()
         try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    kb = int(line.split()[1]) * 1024
+                    rss, hwm = (rss + kb, hwm) if line.startswith("VmRSS") else (rss, max(hwm, kb))
         except OSError:
             pass
         stack.extend(children.get(pid, []))
-    return total
+    return rss, hwm
 
 
 class Sampler(threading.Thread):
@@ -108,13 +118,14 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int, work: Path, rss_every: float = 0.5, disk_every: float = 10.0):
         super().__init__(daemon=True)
         self.pid, self.work, self.rss_every, self.disk_every = pid, work, rss_every, disk_every
-        self.peak_rss = self.peak_disk = self.peak_work_dirs = 0
+        self.peak_rss = self.peak_hwm = self.peak_disk = self.peak_work_dirs = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         last_disk = 0.0
         while not self.stop.is_set():
-            self.peak_rss = max(self.peak_rss, _tree_rss(self.pid))
+            rss, hwm = _tree_memory(self.pid)
+            self.peak_rss, self.peak_hwm = max(self.peak_rss, rss), max(self.peak_hwm, hwm)
             if time.monotonic() - last_disk >= self.disk_every:
                 self.peak_disk = max(self.peak_disk, allocated(self.work))
                 self.peak_work_dirs = max(self.peak_work_dirs, allocated(self.work / AREAS["work_dirs"]))
@@ -123,7 +134,8 @@ class Sampler(threading.Thread):
 
 
 def measured(cmd: list[str], cwd: Path, env: dict, log: Path, work: Path) -> dict:
-    """Run ``cmd`` (output to ``log``) and measure it: wall, CPU, peak RSS (largest process; tree sum), disk."""
+    """Run ``cmd`` (output to ``log``) and measure it: wall, CPU, peak RSS (largest process's ``VmHWM``; the
+    sampled tree sum; ``ru_maxrss``, which has the forking parent's RSS as its floor), disk."""
     before = disk(work)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
@@ -141,7 +153,8 @@ def measured(cmd: list[str], cwd: Path, env: dict, log: Path, work: Path) -> dic
     after = disk(work)
     return {
         "rc": rc, "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024), "peak_tree_rss_mb": round(sampler.peak_rss / 2**20),
+        "peak_rss_mb": round(sampler.peak_hwm / 2**20) or round(usage.ru_maxrss / 1024),
+        "peak_tree_rss_mb": round(sampler.peak_rss / 2**20), "ru_maxrss_mb": round(usage.ru_maxrss / 1024),
         "load_average_start": [round(x, 2) for x in load0], "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "disk_before": before, "disk_after": after,
         "disk_written": {k: after[k] - before[k] for k in after},
@@ -217,6 +230,7 @@ def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path
         row = {"stage": f"random-{arch}", **measured(cmd, work, env, log, work), "outs": [f"artifacts/random-{arch}"]}
         row["outs_bytes"] = allocated(work / row["outs"][0])
         rows.append(row)
+        _print_row(row)
         if row["rc"] != 0:
             return _result(work, arch, profile, cut, link, diff, rows, t_start)
     for stage in pipeline_stages(work):
@@ -225,17 +239,26 @@ def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path
         row["outs_bytes"] = sum(allocated(work / o) for o in row["outs"])
         row["plan_total"] = plan_total(work, row["outs"])
         rows.append(row)
-        print(f"{stage:>14}: rc {row['rc']} {row['wall_s']:8.1f} s  peak RSS {row['peak_rss_mb']:6d} MB "
-              f"(tree {row['peak_tree_rss_mb']} MB)  workspace +{row['disk_written']['workspace_total'] / 2**30:.2f} GiB"
-              f"  load {row['load_average_end'][0]}", flush=True)
+        _print_row(row)
         if row["rc"] != 0:
             break
     return _result(work, arch, profile, cut, link, diff, rows, t_start)
 
 
+def _cache_type(work: Path) -> str:
+    out = subprocess.run(["dvc", "config", "cache.type"], cwd=work, capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "dvc default (reflink,copy)"
+
+
+def _print_row(row: dict) -> None:
+    print(f"{row['stage']:>14}: rc {row['rc']} {row['wall_s']:8.1f} s  peak RSS {row['peak_rss_mb']:6d} MB "
+          f"(tree {row['peak_tree_rss_mb']} MB)  workspace +{row['disk_written']['workspace_total'] / 2**30:.2f} GiB"
+          f"  load {row['load_average_end'][0]}", flush=True)
+
+
 def _result(work: Path, arch: str, profile: str, cut: str, link: str, diff: str, rows: list, t_start: float) -> dict:
     return {"arch": arch, "profile": profile, "cut": cut, "cut_edits": CUTS[cut], "link_type": link,
-            "dvc_cache_type": LINK_TYPES[link] or "dvc default (reflink,copy)", "workspace": str(work),
+            "dvc_cache_type": _cache_type(work), "workspace": str(work),
             "profile_diff": diff, "stages": rows, "wall_s": round(time.perf_counter() - t_start, 1),
             "ok": all(r["rc"] == 0 for r in rows) and bool(rows) and rows[-1]["stage"] == "register",
             "final_disk": disk(work), "cpus": os.cpu_count(), "mem_total_gb": _mem_total_gb()}
@@ -280,8 +303,8 @@ def main() -> None:
     ap.add_argument("--arch", choices=["2b", "7b", "tiny"], default="2b")
     ap.add_argument("--profile", default=None, help="default: rehearsal-2b (arch 2b/7b) or default (tiny)")
     ap.add_argument("--cut", choices=sorted(CUTS), default="full")
-    ap.add_argument("--link", choices=sorted(LINK_TYPES), default="hardlink",
-                    help="DVC cache link type of the workspace (README: disk)")
+    ap.add_argument("--link", choices=sorted(LINK_TYPES), default="repo",
+                    help="DVC cache link type of the workspace (repo: as .dvc/config says; README: disk)")
     ap.add_argument("--report", type=Path, default=REPO / "reports" / "rehearsal",
                     help="writes REPORT.json and REPORT.md")
     ap.add_argument("--clean", action="store_true", help="remove the workspace after a successful run")
