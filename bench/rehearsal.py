@@ -37,9 +37,9 @@ MARKER = ".puma-rehearsal"  # a workspace this script made (and may delete)
 # Cut-down settings on top of the profile (dotted params keys). "full" is the profile as it is.
 CUTS: dict[str, dict[str, object]] = {
     "full": {},
-    "quick": {"data.synth_scale": 0.05, "data.nli_rows": 8, "stage1.max_steps": 1, "stage1.batch_size": 2,
-              "stage1.checkpoint_every": 1, "stage2.max_steps": 1, "stage2.batch_size": 2,
-              "stage2.checkpoint_every": 1, "embed.batch_size": 4},
+    "quick": {"data.nli_rows": 4, "stage1.max_steps": 1, "stage1.batch_size": 2, "stage2.max_steps": 1,
+              "stage2.batch_size": 2},
+    "bf16": {"model.dtype": "bfloat16", "runtime.precision": "bf16"},  # a bf16-capable CPU (AVX512-BF16 / AMX)
 }
 # DVC cache link types (dvc config cache.type). DVC 3.67 links a stage's outs to the cache after `dvc repro`
 # only when the FIRST type is hardlink (dvc/output.py: commit(relink=...)); "reflink,hardlink,copy" and
@@ -163,9 +163,15 @@ def measured(cmd: list[str], cwd: Path, env: dict, log: Path, work: Path) -> dic
     }
 
 
-def make_workspace(src: Path, work: Path) -> None:
-    """Copy ``src``'s tracked and untracked-not-ignored files to a fresh ``work`` and commit them there."""
-    if work.exists():
+def make_workspace(src: Path, work: Path, fresh: bool = True) -> None:
+    """Copy ``src``'s tracked and untracked-not-ignored files to a fresh ``work`` and commit them there.
+
+    ``fresh=False`` (``--resume``) copies the files over an existing workspace (code fixes) and keeps its
+    outputs, DVC cache and MLflow store."""
+    if work.exists() and not fresh:
+        if not (work / MARKER).exists():
+            raise SystemExit(f"{work}: not a rehearsal workspace (no {MARKER}); cannot resume there")
+    elif work.exists():
         if not (work / MARKER).exists():
             raise SystemExit(f"{work}: exists and is not a rehearsal workspace (no {MARKER}); pick another --work")
         shutil.rmtree(work)
@@ -179,9 +185,10 @@ def make_workspace(src: Path, work: Path) -> None:
         shutil.copy2(s, work / rel)
     (work / MARKER).write_text(f"made by bench/rehearsal.py from {src}\n")
     git = ["git", "-c", "user.name=puma-rehearsal", "-c", "user.email=rehearsal@localhost"]
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    if fresh:
+        subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-qm", "rehearsal workspace"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-qm", "rehearsal workspace", "--allow-empty"], cwd=work, check=True)
 
 
 def apply_cut(work: Path, profile: str, cut: dict[str, object]) -> str:
@@ -214,32 +221,46 @@ def plan_total(work: Path, outs: list[str]) -> int | None:
     return None
 
 
-def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path) -> dict:
+def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path, resume: bool = False) -> dict:
+    """Run and measure every stage; ``resume`` keeps the workspace and the rows of the stages that passed."""
     from flows.puma_flow import pipeline_stages
+    from puma.io import write_json_atomic
 
     t_start = time.perf_counter()
-    make_workspace(REPO, work)
+    partial = work.parent / f"{work.name}.rows.json"
+    done = {r["stage"]: r for r in json.loads(partial.read_text()) if r["rc"] == 0} \
+        if resume and partial.is_file() else {}
+    make_workspace(REPO, work, fresh=not resume)
     env = dict(os.environ, PYTHONPATH=str(work), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONHASHSEED="0")
     if LINK_TYPES[link]:
         subprocess.run(["dvc", "config", "--local", "cache.type", LINK_TYPES[link]], cwd=work, env=env, check=True)
     diff = apply_cut(work, profile, CUTS[cut])
     rows = []
-    if arch != "tiny":
+
+    def keep(row: dict) -> None:
+        rows.append(row)
+        write_json_atomic(partial, rows)
+        _print_row(row)
+
+    if arch != "tiny" and f"random-{arch}" in done:
+        keep(done[f"random-{arch}"])
+    elif arch != "tiny":
         cmd = ["puma", "model", "random", "--arch", arch, "--out", f"artifacts/random-{arch}"]
         row = {"stage": f"random-{arch}", **measured(cmd, work, env, log, work), "outs": [f"artifacts/random-{arch}"]}
         row["outs_bytes"] = allocated(work / row["outs"][0])
-        rows.append(row)
-        _print_row(row)
+        keep(row)
         if row["rc"] != 0:
             return _result(work, arch, profile, cut, link, diff, rows, t_start)
     for stage in pipeline_stages(work):
+        if stage in done:
+            keep(done[stage])
+            continue
         row = {"stage": stage, **measured(["dvc", "repro", "--single-item", stage], work, env, log, work)}
         row["outs"] = stage_outs(work, stage)
         row["outs_bytes"] = sum(allocated(work / o) for o in row["outs"])
         row["plan_total"] = plan_total(work, row["outs"])
-        rows.append(row)
-        _print_row(row)
+        keep(row)
         if row["rc"] != 0:
             break
     return _result(work, arch, profile, cut, link, diff, rows, t_start)
@@ -259,7 +280,8 @@ def _print_row(row: dict) -> None:
 def _result(work: Path, arch: str, profile: str, cut: str, link: str, diff: str, rows: list, t_start: float) -> dict:
     return {"arch": arch, "profile": profile, "cut": cut, "cut_edits": CUTS[cut], "link_type": link,
             "dvc_cache_type": _cache_type(work), "workspace": str(work),
-            "profile_diff": diff, "stages": rows, "wall_s": round(time.perf_counter() - t_start, 1),
+            "profile_diff": diff, "stages": rows, "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+            "cpu_s": round(sum(r["cpu_s"] for r in rows), 1), "driver_wall_s": round(time.perf_counter() - t_start, 1),
             "ok": all(r["rc"] == 0 for r in rows) and bool(rows) and rows[-1]["stage"] == "register",
             "final_disk": disk(work), "cpus": os.cpu_count(), "mem_total_gb": _mem_total_gb()}
 
@@ -279,7 +301,8 @@ def table(result: dict) -> str:
     """The per-stage table as Markdown."""
     lines = [(f"Rehearsal `{result['arch']}` / profile `{result['profile']}` / cut `{result['cut']}`, DVC cache.type "
              f"`{result['dvc_cache_type']}`, {result['cpus']} CPUs, {result['mem_total_gb']} GB RAM; "
-             f"total {result['wall_s'] / 60:.1f} min, {'ok' if result['ok'] else 'FAILED'}."), "",
+             f"stages {result['wall_s'] / 60:.1f} min wall, {result['cpu_s'] / 60:.1f} min CPU, "
+             f"{'ok' if result['ok'] else 'FAILED'}."), "",
              ("| stage | wall s | CPU s | peak RSS MB (largest proc / tree) | plan GiB | outs GiB | DVC cache +GiB "
              "| MLflow +GiB | work dir peak GiB | workspace +GiB (peak) | load avg |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -307,14 +330,17 @@ def main() -> None:
                     help="DVC cache link type of the workspace (repo: as .dvc/config says; README: disk)")
     ap.add_argument("--report", type=Path, default=REPO / "reports" / "rehearsal",
                     help="writes REPORT.json and REPORT.md")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the workspace of a failed run, copy the code over it, run the stages that did not pass")
     ap.add_argument("--clean", action="store_true", help="remove the workspace after a successful run")
     args = ap.parse_args()
     profile = args.profile or ("default" if args.arch == "tiny" else "rehearsal-2b")
     work = args.work.resolve()
     log = work.parent / f"{work.name}.log"
-    log.write_text("")
+    if not args.resume:
+        log.write_text("")
     print(f"rehearsal workspace {work} (log {log})", flush=True)
-    result = rehearse(work, args.arch, profile, args.cut, args.link, log)
+    result = rehearse(work, args.arch, profile, args.cut, args.link, log, args.resume)
     from puma.io import write_json_atomic, write_text_atomic
 
     args.report.parent.mkdir(parents=True, exist_ok=True)
