@@ -1,7 +1,7 @@
 """The rehearsal driver's pieces (bench/rehearsal.py): workspace copy, disk accounting, profile + cut, sampling.
 
 The rehearsal itself (the whole pipeline on the random 2B) is the ``slow`` test in
-tests/pipeline/test_rehearsal.py and ``make rehearsal``.
+tests/pipeline/test_rehearsal_run.py and ``make rehearsal``.
 """
 
 from __future__ import annotations
@@ -90,3 +90,24 @@ def test_measured_reports_peak_rss_wall_and_disk(tmp_path):
     assert row["disk_written"]["artifacts"] >= 3 * 2**20 and row["disk_written"]["dvc_cache"] == 0
     bad = rehearsal.measured([sys.executable, "-c", "raise SystemExit(3)"], work, dict(os.environ), tmp_path / "log", work)
     assert bad["rc"] == 3
+
+
+def test_7b_extrapolation_counts_the_paper_run():
+    """FLOPs and bytes of the paper's 7B run from the analytic counts: spot-check each against a hand sum."""
+    from bench import rehearsal_7b as x
+    from puma.model.flops import forward_flops, load_config
+
+    rows, facts = x.extrapolate(gpus=4, peak_tflops=312.0, mfu=0.35)
+    by = {r["stage"]: r for r in rows}
+    cfg = load_config("7b")
+    assert 3.9e9 < facts["pruned_params"] < 4.1e9 and 7.5e9 < facts["full_params"] < 8.4e9
+    teacher = 2 * x.NLI_ROWS * forward_flops(cfg, 0, x.NLI_TEXT_TOKENS).decoder
+    assert by["teacher_cache"]["pflops"] == round(teacher / 1e15, 1)
+    assert by["teacher_cache"]["hours"] == teacher / (4 * 312e12 * 0.35) / 3600
+    assert "1,909 steps" in by["stage1"]["note"]  # 275k pairs x 2 epochs / (72 x 4 GPUs)
+    assert by["register"]["disk_gib"] == facts["pruned_params"] * 2 / x.GIB  # bf16, one MLflow copy
+    assert by["stage2"]["disk_copy_gib"] == 2 * by["stage2"]["disk_gib"]  # a copying cache doubles an out
+    assert by["register"]["disk_copy_gib"] == by["register"]["disk_gib"]
+    assert by["stage2"]["gpu_mem_gib"] < 80 and by["stage1"]["gpu_mem_gib"] < 80  # fits 80 GB under ZeRO-2
+    md = x.markdown(rows, facts, 4, 312.0, 0.35, None)
+    assert md.count("\n| ") == len(rows) + 2 and "115.5" in md
