@@ -81,8 +81,10 @@ def disk(work: Path) -> dict[str, int]:
     return out
 
 
-def _tree_memory(root_pid: int) -> tuple[int, int]:
-    """(sum of the resident sets, largest ``VmHWM``) over ``root_pid`` and all its descendants, in bytes.
+def _tree_memory(root_pid: int) -> tuple[int, int, int]:
+    """(sum of the resident sets, largest ``VmHWM``, sum of ``RssAnon``) over ``root_pid`` and its
+    descendants, in bytes. ``RssAnon`` leaves out file pages (memory-mapped safetensors that loading
+    touched: the kernel can drop them), so it is the memory a stage really needs.
 
     ``VmHWM`` is a process's own peak (reset at exec), so the largest one seen is the stage process's
     peak even between samples; ``ru_maxrss`` of a child would carry over the forking parent's peak.
@@ -97,19 +99,24 @@ def _tree_memory(root_pid: int) -> tuple[int, int]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-    rss = hwm = 0
+    rss = hwm = anon = 0
     stack = [root_pid]
     while stack:
         pid = stack.pop()
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith(("VmRSS:", "VmHWM:")):
+                if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:")):
                     kb = int(line.split()[1]) * 1024
-                    rss, hwm = (rss + kb, hwm) if line.startswith("VmRSS") else (rss, max(hwm, kb))
+                    if line.startswith("VmRSS"):
+                        rss += kb
+                    elif line.startswith("VmHWM"):
+                        hwm = max(hwm, kb)
+                    else:
+                        anon += kb
         except OSError:
             pass
         stack.extend(children.get(pid, []))
-    return rss, hwm
+    return rss, hwm, anon
 
 
 class Sampler(threading.Thread):
@@ -118,14 +125,15 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int, work: Path, rss_every: float = 0.5, disk_every: float = 10.0):
         super().__init__(daemon=True)
         self.pid, self.work, self.rss_every, self.disk_every = pid, work, rss_every, disk_every
-        self.peak_rss = self.peak_hwm = self.peak_disk = self.peak_work_dirs = 0
+        self.peak_rss = self.peak_hwm = self.peak_anon = self.peak_disk = self.peak_work_dirs = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         last_disk = 0.0
         while not self.stop.is_set():
-            rss, hwm = _tree_memory(self.pid)
+            rss, hwm, anon = _tree_memory(self.pid)
             self.peak_rss, self.peak_hwm = max(self.peak_rss, rss), max(self.peak_hwm, hwm)
+            self.peak_anon = max(self.peak_anon, anon)
             if time.monotonic() - last_disk >= self.disk_every:
                 self.peak_disk = max(self.peak_disk, allocated(self.work))
                 self.peak_work_dirs = max(self.peak_work_dirs, allocated(self.work / AREAS["work_dirs"]))
@@ -155,6 +163,7 @@ def measured(cmd: list[str], cwd: Path, env: dict, log: Path, work: Path) -> dic
         "rc": rc, "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_mb": round(sampler.peak_hwm / 2**20) or round(usage.ru_maxrss / 1024),
         "peak_tree_rss_mb": round(sampler.peak_rss / 2**20), "ru_maxrss_mb": round(usage.ru_maxrss / 1024),
+        "peak_anon_mb": round(sampler.peak_anon / 2**20),
         "load_average_start": [round(x, 2) for x in load0], "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "disk_before": before, "disk_after": after,
         "disk_written": {k: after[k] - before[k] for k in after},
@@ -303,13 +312,13 @@ def table(result: dict) -> str:
              f"`{result['dvc_cache_type']}`, {result['cpus']} CPUs, {result['mem_total_gb']} GB RAM; "
              f"stages {result['wall_s'] / 60:.1f} min wall, {result['cpu_s'] / 60:.1f} min CPU, "
              f"{'ok' if result['ok'] else 'FAILED'}."), "",
-             ("| stage | wall s | CPU s | peak RSS MB (largest proc / tree) | plan GiB | outs GiB | DVC cache +GiB "
+             ("| stage | wall s | CPU s | peak RSS MB (largest proc / tree / tree anon) | plan GiB | outs GiB | DVC cache +GiB "
              "| MLflow +GiB | work dir peak GiB | workspace +GiB (peak) | load avg |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["stages"]:
         w = r["disk_written"]
         lines.append(
-            f"| {r['stage']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_rss_mb']} / {r['peak_tree_rss_mb']} "
+            f"| {r['stage']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_rss_mb']} / {r['peak_tree_rss_mb']} / {r.get('peak_anon_mb', '-')} "
             f"| {gib(r.get('plan_total'))} | {gib(r.get('outs_bytes'))} "
             f"| {gib(w['dvc_cache'])} | {gib(w['mlflow_artifacts'])} | {gib(r['peak_work_dirs'])} "
             f"| {gib(w['workspace_total'])} ({gib(r['peak_workspace'])}) | {r['load_average_end'][0]} |")
@@ -332,11 +341,23 @@ def main() -> None:
                     help="writes REPORT.json and REPORT.md")
     ap.add_argument("--resume", action="store_true",
                     help="keep the workspace of a failed run, copy the code over it, run the stages that did not pass")
+    ap.add_argument("--render", action="store_true",
+                    help="only write the report from the workspace's measured rows so far (a run still going)")
     ap.add_argument("--clean", action="store_true", help="remove the workspace after a successful run")
     args = ap.parse_args()
     profile = args.profile or ("default" if args.arch == "tiny" else "rehearsal-2b")
     work = args.work.resolve()
     log = work.parent / f"{work.name}.log"
+    if args.render:
+        rows = json.loads((work.parent / f"{work.name}.rows.json").read_text())
+        from puma.io import write_json_atomic, write_text_atomic
+
+        result = _result(work, args.arch, profile, args.cut, "as measured", "", rows, time.perf_counter())
+        result["ok"] = False  # partial by definition
+        write_json_atomic(args.report.with_suffix(".json"), result)
+        write_text_atomic(args.report.with_suffix(".md"), table(result) + "\n")
+        print(table(result))
+        return
     if not args.resume:
         log.write_text("")
     print(f"rehearsal workspace {work} (log {log})", flush=True)

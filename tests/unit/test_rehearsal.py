@@ -87,6 +87,7 @@ def test_measured_reports_peak_rss_wall_and_disk(tmp_path):
     row = rehearsal.measured([sys.executable, "-c", code], work, dict(os.environ), tmp_path / "log", work)
     assert row["rc"] == 0 and 1.0 <= row["wall_s"] <= time.perf_counter() - t0 + 0.1
     assert 200 <= row["peak_rss_mb"] < 400 and 200 <= row["peak_tree_rss_mb"] < 400
+    assert 190 <= row["peak_anon_mb"] < 400  # the bytearray is anonymous memory
     assert row["disk_written"]["artifacts"] >= 3 * 2**20 and row["disk_written"]["dvc_cache"] == 0
     bad = rehearsal.measured([sys.executable, "-c", "raise SystemExit(3)"], work, dict(os.environ), tmp_path / "log", work)
     assert bad["rc"] == 3
