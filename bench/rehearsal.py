@@ -37,10 +37,23 @@ MARKER = ".puma-rehearsal"  # a workspace this script made (and may delete)
 # Cut-down settings on top of the profile (dotted params keys). "full" is the profile as it is.
 CUTS: dict[str, dict[str, object]] = {
     "full": {},
-    "quick": {"data.nli_rows": 4, "stage1.max_steps": 1, "stage1.batch_size": 2, "stage2.max_steps": 1,
+    "quick": {"data.nli_rows": 8, "stage1.max_steps": 1, "stage1.batch_size": 2, "stage2.max_steps": 1,
               "stage2.batch_size": 2},
-    "bf16": {"model.dtype": "bfloat16", "runtime.precision": "bf16"},  # a bf16-capable CPU (AVX512-BF16 / AMX)
 }
+# On a CPU without bf16 matrix instructions a bf16 nn.Linear runs ~5x slower than fp32 (AVX2: 2.2 vs 10.1
+# GFLOP/s per thread, torch 2.13): there the rehearsal computes in fp32 (--dtype auto; the base stays bf16).
+FP32 = {"model.dtype": "float32", "runtime.precision": "no"}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this machine has a CUDA GPU or a CPU with AVX512-BF16 / AMX-BF16 (fast bf16 matmuls)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
 # DVC cache link types (dvc config cache.type). DVC 3.67 links a stage's outs to the cache after `dvc repro`
 # only when the FIRST type is hardlink (dvc/output.py: commit(relink=...)); "reflink,hardlink,copy" and
 # "symlink,copy" leave a full copy in the workspace on a file system without reflinks (measured on ext4:
@@ -230,7 +243,8 @@ def plan_total(work: Path, outs: list[str]) -> int | None:
     return None
 
 
-def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path, resume: bool = False) -> dict:
+def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path, resume: bool = False,
+             fp32: bool = False) -> dict:
     """Run and measure every stage; ``resume`` keeps the workspace and the rows of the stages that passed."""
     from flows.puma_flow import pipeline_stages
     from puma.io import write_json_atomic
@@ -244,7 +258,8 @@ def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path
                PYTHONHASHSEED="0")
     if LINK_TYPES[link]:
         subprocess.run(["dvc", "config", "--local", "cache.type", LINK_TYPES[link]], cwd=work, env=env, check=True)
-    diff = apply_cut(work, profile, CUTS[cut])
+    edits = {**CUTS[cut], **(FP32 if fp32 else {})}
+    diff = apply_cut(work, profile, edits)
     rows = []
 
     def keep(row: dict) -> None:
@@ -272,7 +287,9 @@ def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path
         keep(row)
         if row["rc"] != 0:
             break
-    return _result(work, arch, profile, cut, link, diff, rows, t_start)
+    result = _result(work, arch, profile, cut, link, diff, rows, t_start)
+    result["cut_edits"] = edits
+    return result
 
 
 def _cache_type(work: Path) -> str:
@@ -339,6 +356,8 @@ def main() -> None:
                     help="DVC cache link type of the workspace (repo: as .dvc/config says; README: disk)")
     ap.add_argument("--report", type=Path, default=REPO / "reports" / "rehearsal",
                     help="writes REPORT.json and REPORT.md")
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="compute dtype; auto: the profile's bf16 where the CPU/GPU has fast bf16, else fp32")
     ap.add_argument("--resume", action="store_true",
                     help="keep the workspace of a failed run, copy the code over it, run the stages that did not pass")
     ap.add_argument("--render", action="store_true",
@@ -360,7 +379,10 @@ def main() -> None:
     if not args.resume:
         log.write_text("")
     print(f"rehearsal workspace {work} (log {log})", flush=True)
-    result = rehearse(work, args.arch, profile, args.cut, args.link, log, args.resume)
+    fp32 = args.dtype == "fp32" or (args.dtype == "auto" and args.arch != "tiny" and not cpu_has_bf16())
+    if fp32:
+        print("computing in fp32: no fast bf16 on this machine (--dtype bf16 forces it)", flush=True)
+    result = rehearse(work, args.arch, profile, args.cut, args.link, log, args.resume, fp32)
     from puma.io import write_json_atomic, write_text_atomic
 
     args.report.parent.mkdir(parents=True, exist_ok=True)

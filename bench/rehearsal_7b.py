@@ -121,7 +121,7 @@ def markdown(rows: list[dict], facts: dict, gpus: int, peak: float, mfu: float, 
     lines = [(f"7B, k 12, paper-7b profile, {gpus} GPUs x {peak:.0f} TFLOP/s bf16 at {mfu:.0%} MFU "
              f"({facts['rate_tflops']:.0f} TFLOP/s for the job); 7B {facts['full_params'] / 1e9:.2f}B params, pruned "
              f"{facts['pruned_params'] / 1e9:.2f}B, LoRA r 128 trainable {facts['trainable'] / 1e6:.0f}M."), "",
-             ("| stage | 2B rehearsal (2 CPU cores): wall s / peak RSS GB / disk GiB | 7B work | PFLOP | 7B wall h "
+             ("| stage | 2B rehearsal (2 CPU cores): wall s / peak RSS GB / disk GiB | 7B work | PFLOP | 7B wall "
              "(4 GPUs) | memory per GPU GiB (plan) | 7B disk GiB: hard-linked cache / copying cache | note |"),
              "|---|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -129,7 +129,8 @@ def markdown(rows: list[dict], facts: dict, gpus: int, peak: float, mfu: float, 
         extra = f" (+{r['transient_gib']:.1f} checkpoints)" if r["transient_gib"] else ""
         meas = (f"{m['wall_s']:.0f} / {m['peak_rss_mb'] / 1024:.1f} / {m['disk_written']['workspace_total'] / GIB:.2f}"
                 if m else "-")
-        lines.append(f"| {r['stage']} | {meas} | {r['work']} | {r['pflops']} | {r['hours']:.2f} | "
+        wall = f"{r['hours']:.1f} h" if r["hours"] >= 1 else f"{r['hours'] * 60:.1f} min"
+        lines.append(f"| {r['stage']} | {meas} | {r['work']} | {r['pflops']} | {wall} | "
                      f"{r['gpu_mem_gib'] if r['gpu_mem_gib'] is not None else '-'} | {r['disk_gib']:.1f} / {r['disk_copy_gib']:.1f}"
                      f"{extra} | {r['note']} |")
     total_h = sum(r["hours"] for r in rows)
@@ -137,7 +138,7 @@ def markdown(rows: list[dict], facts: dict, gpus: int, peak: float, mfu: float, 
     total_copy = sum(r["disk_copy_gib"] for r in rows)
     lines += [f"| **total** | {rehearsal['wall_s']:.0f} s" if rehearsal else "| **total** | -",
               ""]
-    lines[-2] += f" | | {sum(r['pflops'] for r in rows):.0f} | {total_h:.1f} | | {total_disk:.0f} / {total_copy:.0f} (+ the 7B base in the HF cache) | |"
+    lines[-2] += f" | | {sum(r['pflops'] for r in rows):.0f} | {total_h:.1f} h | | {total_disk:.0f} / {total_copy:.0f} (+ the 7B base in the HF cache) | |"
     lines += [("Paper Table 2 (7B): FLOPs 7.36 (full) -> 3.48 (pruned, -52.7%); inference 59.0 -> 115.5 samples/s on one "
               "GPU at batch 64; training on 4 x 80 GB (A800) instead of LamRA's 16 x 80 GB; 3B LLM parameters. "
               "The paper gives no training wall time."), ""]

@@ -1,7 +1,7 @@
 """The cut-down rehearsal (slow): the whole DVC pipeline on the random Qwen2-VL-2B at its real dimensions.
 
 ``bench/rehearsal.py --cut quick``: profile ``rehearsal-2b`` (k 12, bf16, LoRA r 128, the paper's image
-budget, fp32 compute on CPU) with one training step per stage, 4 NLI rows and MBEIR-mini at scale 0.05, in
+budget, fp32 compute on CPU) with one training step per stage, 8 NLI rows and MBEIR-mini at scale 0.05, in
 a separate workspace. About 40 minutes on 2 cores (the embed stage's ~110 items dominate), ~25 GB of disk,
 ~10 GB of RAM at its peak (the full-depth fp32 teacher).
 The full rehearsal is ``make rehearsal``.

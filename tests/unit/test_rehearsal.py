@@ -70,9 +70,9 @@ def test_apply_cut_switches_profile_then_edits_keys(tmp_path):
     (tmp_path / "params.yaml").write_bytes((repo / "params.yaml").read_bytes())
     diff = rehearsal.apply_cut(tmp_path, "rehearsal-2b", rehearsal.CUTS["quick"])
     s = load_settings(tmp_path / "params.yaml")
-    assert s.model.base == "artifacts/random-2b" and s.model.prune_layers == 12 and s.model.dtype == "float32"
+    assert s.model.base == "artifacts/random-2b" and s.model.prune_layers == 12 and s.model.dtype == "bfloat16"
     assert s.stage1.lora_r == 128 and s.prompt.max_pixels == 300 * 28 * 28
-    assert s.stage1.max_steps == 1 and s.data.nli_rows == 4 and s.data.synth_scale == 0.05  # cut + profile
+    assert s.stage1.max_steps == 1 and s.data.nli_rows == 8 and s.data.synth_scale == 0.05  # cut + profile
     assert "+  base: artifacts/random-2b" in diff
     assert (repo / "params.yaml").read_bytes() != (tmp_path / "params.yaml").read_bytes()
 
