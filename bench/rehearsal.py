@@ -323,12 +323,18 @@ def gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 
 
+def _status(result: dict) -> str:
+    if result["ok"]:
+        return "ok"
+    return "FAILED" if any(r["rc"] != 0 for r in result["stages"]) else "incomplete (still running or stopped)"
+
+
 def table(result: dict) -> str:
     """The per-stage table as Markdown."""
     lines = [(f"Rehearsal `{result['arch']}` / profile `{result['profile']}` / cut `{result['cut']}`, DVC cache.type "
              f"`{result['dvc_cache_type']}`, {result['cpus']} CPUs, {result['mem_total_gb']} GB RAM; "
              f"stages {result['wall_s'] / 60:.1f} min wall, {result['cpu_s'] / 60:.1f} min CPU, "
-             f"{'ok' if result['ok'] else 'FAILED'}."), "",
+             f"{_status(result)}."), "",
              ("| stage | wall s | CPU s | peak RSS MB (largest proc / tree / tree anon) | plan GiB | outs GiB | DVC cache +GiB "
              "| MLflow +GiB | work dir peak GiB | workspace +GiB (peak) | load avg |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
