@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: install run test test-slow test-serve test-faults test-all bench gpu-check lint lock clean help
+.PHONY: install run test test-slow test-serve test-faults test-all bench rehearsal gpu-check lint lock clean help
 .PHONY: flow prefect-up prefect-run prefect-down mlflow-ui
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make test-serve the registered model behind the real \`mlflow models serve\` (REST, errors, load)"
 	@echo "make test-faults  fault injection: kill -9 / truncation / ENOSPC / two repro at once (slow)"
 	@echo "make bench      benchmarks -> reports/bench.json + reports/bench.md"
+	@echo "make rehearsal  the whole pipeline on a random Qwen2-VL-2B at its real dimensions, in a separate workspace (~1 h on 2 cores)"
 	@echo "make gpu-check  the GPU check on a bare GPU machine (system python3, no install; ARGS=--dry-run on CPU)"
 	@echo "make lock       re-resolve requirements/lock.txt from pyproject.toml"
 	@echo "make flow       the same pipeline as a Prefect flow run (temporary local server)"
@@ -78,6 +79,13 @@ test-all: install
 
 bench: install
 	python bench/run_all.py
+
+# The whole DVC pipeline on a random-weight Qwen2-VL-2B (profile rehearsal-2b) in a copy of this checkout
+# (REHEARSAL_DIR, default $$TMPDIR/puma-rehearsal): this params.yaml, artifacts/, DVC cache and MLflow store
+# are not touched. Per-stage wall / peak RSS / disk -> reports/rehearsal.{json,md}. Not part of `make test`.
+REHEARSAL_DIR ?= $(or $(TMPDIR),/tmp)/puma-rehearsal
+rehearsal: install
+	nice -n 10 python bench/rehearsal.py --work $(REHEARSAL_DIR) $(ARGS)
 
 # No `install`: it runs on the bare device machine with its own python3 (bench/README.md: GPU check).
 gpu-check:
