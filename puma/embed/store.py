@@ -120,6 +120,16 @@ class EmbeddingStore:
         return (np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)), ids
 
 
+def finished_shards(root: str | os.PathLike) -> tuple[int, int]:
+    """``(finished, total)`` shards over every store under ``root`` (0, 0 when there is none)."""
+    done = total = 0
+    for manifest in sorted(Path(root).rglob(MANIFEST)):
+        store = EmbeddingStore.open(manifest.parent)
+        total += store.num_shards
+        done += store.num_shards - len(store.missing())
+    return done, total
+
+
 def start_manifest(out: Path, manifest: dict) -> EmbeddingStore:
     """Create ``out`` with ``manifest``, or check that an existing one matches (resume)."""
     path = out / MANIFEST
