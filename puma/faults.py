@@ -54,6 +54,19 @@ def fault_point(point: str, n: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+DELAY_ENV = "PUMA_FAULT_DELAY"
+
+
+def fault_delay(point: str) -> None:
+    """Sleep ``<seconds>`` if ``PUMA_FAULT_DELAY`` is ``<point>:<seconds>`` (widens a race window in tests:
+    ``promote`` holds it between reading the registry and moving the ``champion`` alias)."""
+    spec = os.environ.get(DELAY_ENV)
+    if spec and spec.rpartition(":")[0] == point:
+        import time
+
+        time.sleep(float(spec.rpartition(":")[2]))
+
+
 _COUNTS: dict[str, int] = {}
 
 
@@ -63,4 +76,4 @@ def fault_tick(point: str) -> None:
     fault_point(point, _COUNTS[point])
 
 
-__all__ = ["ENV", "GROUP_ENV", "MARKER_ENV", "fault_point", "fault_tick"]
+__all__ = ["DELAY_ENV", "ENV", "GROUP_ENV", "MARKER_ENV", "fault_delay", "fault_point", "fault_tick"]

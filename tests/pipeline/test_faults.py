@@ -74,17 +74,33 @@ def _dvc(root: Path, *args: str, check: bool = True, env: dict | None = None) ->
     return res
 
 
+def _forget(root: Path, stage: str) -> None:
+    """Make ``stage`` a configuration DVC has never completed: drop its ``dvc.lock`` entry and the run cache.
+
+    Otherwise DVC restores the reference run's outputs from its cache on the rerun (``Stage 'x' is
+    cached - skipping run, checking out outputs``) instead of running the stage; a user's crashed run of a
+    new configuration (the issue's new ``mac.lambda``) has neither. The rerun writes the entry back.
+    """
+    import yaml
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    lock["stages"].pop(stage, None)
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    shutil.rmtree(root / ".dvc" / "cache" / "runs", ignore_errors=True)
+
+
 def _killed_run(root: Path, stage: str, at: str) -> subprocess.CompletedProcess:
-    """``dvc repro --force --single-item stage`` killed (with its whole group) at hook point ``at``."""
+    """``dvc repro --force --single-item stage`` killed (with its whole group) at hook point ``at``; the
+    stage is then :func:`_forget`-ten, as a crashed first run of a configuration leaves it."""
     res = _dvc(root, "repro", "--force", "--single-item", stage, check=False, env=_fault(root, at))
+    _forget(root, stage)
     assert res.returncode == -signal.SIGKILL, f"not killed (rc {res.returncode}):\n{res.stdout[-3000:]}"
     assert f"fault injection: PUMA_FAULT_KILL_AT={at}" in res.stdout, res.stdout[-3000:]
     return res
 
 
 def _rerun(root: Path, stage: str) -> tuple[subprocess.CompletedProcess, float]:
-    """``dvc repro stage`` as a user runs it after the crash (DVC's run cache emptied, see the docstring)."""
-    shutil.rmtree(root / ".dvc" / "cache" / "runs", ignore_errors=True)
+    """``dvc repro stage`` as a user runs it after the crash."""
     t0 = time.monotonic()
     res = _dvc(root, "repro", stage)
     return res, round(time.monotonic() - t0, 1)
@@ -149,6 +165,9 @@ def _clean_temporaries(root: Path) -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A clone, shrunk by OVERRIDES, with one clean run up to evaluate: the reference of every case."""
+    reuse = os.environ.get("PUMA_TEST_FAULTS_CLONE")  # developing the cases: a clone with its reference.json
+    if reuse and (Path(reuse) / "reference.json").is_file():
+        return Path(reuse), json.loads((Path(reuse) / "reference.json").read_text())
     root = tmp_path_factory.mktemp("faults") / "puma"
     subprocess.run(["git", "clone", "-q", str(REPO), str(root)], check=True)
     from dvc.utils.hydra import apply_overrides
@@ -168,6 +187,7 @@ def repo(tmp_path_factory):
     ref = {"hashes": _result(root), "lock": (root / "dvc.lock").read_text()}
     _assert_as_reference(root, ref)
     _record(root, "reference_hashes", ref["hashes"])
+    (root / "reference.json").write_text(json.dumps(ref))
     return root, ref
 
 
