@@ -81,11 +81,10 @@ def _forget(root: Path, stage: str) -> None:
     cached - skipping run, checking out outputs``) instead of running the stage; a user's crashed run of a
     new configuration (the issue's new ``mac.lambda``) has neither. The rerun writes the entry back.
     """
-    import yaml
+    from dvc.utils.serialize import modify_yaml  # DVC's YAML 1.2 round trip ("no" stays a string)
 
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    lock["stages"].pop(stage, None)
-    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    with modify_yaml(root / "dvc.lock") as lock:
+        lock["stages"].pop(stage, None)
     shutil.rmtree(root / ".dvc" / "cache" / "runs", ignore_errors=True)
 
 
@@ -137,9 +136,9 @@ RUN_RECORDS = {OUTS["stage1"], OUTS["stage2"]}
 
 def _lock_view(text: str) -> dict:
     """``dvc.lock`` as a dict, without the hashes of :data:`RUN_RECORDS` outs."""
-    import yaml
+    from dvc.utils.serialize import parse_yaml
 
-    lock = yaml.safe_load(text)["stages"]
+    lock = parse_yaml(text, "dvc.lock")["stages"]
     for entry in lock.values():
         for out in entry.get("outs", []):
             if out["path"] in RUN_RECORDS:
