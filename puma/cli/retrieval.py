@@ -100,9 +100,11 @@ def embed_all(
         root = data or s.data.root
         work = embed_workdir(s, model, root, out)
         dest = work.prepare(log=say)
-        done, total = finished_shards(dest)
-        say(f"embed: resumed: {done}/{total} shard(s) already finished in {dest}" if done
+        done, stores, broken = finished_shards(dest)
+        say(f"embed: resumed: {done} finished shard(s) in {stores} started store(s) in {dest}" if done
             else f"embed: no finished shard in {dest}; starting fresh")
+        for path in broken:
+            say(f"embed: {path}: incomplete or corrupt shard; embedding it again")
         retriever = _retriever(model, s, _device(device, local_rank))
         _, pools, queries = embed_table1(
             retriever, model, root, dest, s, columns=cols, shard_index=rank, num_shards=world,
