@@ -72,7 +72,7 @@ test-serve: install
 
 # Fault injection on the pipeline in a clone: kill -9, truncated checkpoint, ENOSPC, concurrent repro.
 test-faults: install
-	python -m pytest -q -s -m faults tests/pipeline/test_faults.py tests/pipeline/test_checkpoint_integrity.py
+	python -m pytest -q -s -m faults tests/pipeline/test_faults.py tests/pipeline/test_checkpoint_integrity.py tests/pipeline/test_registry_race.py
 
 test-all: install
 	python -m pytest -q -m "not gpu and not network"

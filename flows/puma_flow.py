@@ -147,7 +147,7 @@ def dvc_stage(stage: str, root: str, timeout_s: float = 4 * 3600, force: bool = 
 
     DVC clears a stage's outs before running it; a retried training stage still resumes from its
     checkpoints, which live outside the outs under a fingerprint of code, params and inputs
-    (puma/train/workdir.py), so a retry never resumes from checkpoints of another configuration.
+    (puma/workdir.py), so a retry never resumes from checkpoints of another configuration.
     """
     logger = get_run_logger()
     cmd = ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage]

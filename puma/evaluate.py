@@ -85,6 +85,22 @@ def embed_table1(
     return views, pools, queries
 
 
+# The params the embed stage reads (dvc.yaml): its finished shards are reused only under the same values.
+EMBED_PARAMS = ("model.dtype", "model.attn_implementation", "model.ret_token", "prompt", "embed", "evaluate.split",
+                "evaluate.instruction_seed", "runtime", "data.root")
+
+
+def embed_workdir(settings, model_dir: str | os.PathLike, root: str | os.PathLike, out: str | os.PathLike):
+    """The work directory (:mod:`puma.workdir`) the embed stage fills before it publishes ``out``.
+
+    Keyed by the code, :data:`EMBED_PARAMS` and the content of the model and the data, so the shards a
+    killed ``puma embed-all`` finished are reused by the next run of the same stage and by nothing else.
+    """
+    from puma.workdir import WorkDir, fingerprint
+
+    return WorkDir(Path(out), fingerprint("embed", settings, EMBED_PARAMS, {"model": model_dir, "data": root}))
+
+
 def evaluate_table1(
     retriever,
     model_dir: str | os.PathLike,

@@ -182,7 +182,13 @@ def preflight(settings: Settings, stage: str, model: str | os.PathLike | None = 
     return plan
 
 
+# What the machine had free when the stage started: printed, not stored. In OUT/resource_plan.json (part
+# of a DVC out) it would make two identical runs' outs differ, and re-run every stage downstream.
+MACHINE_STATE = ("available", "fits")
+
+
 def write_plan(plan: dict[str, Any], out: str | os.PathLike) -> None:
+    """``OUT/resource_plan.json``: the plan without :data:`MACHINE_STATE` (a function of params and model)."""
     from puma.io import write_json_atomic
 
-    write_json_atomic(Path(out) / "resource_plan.json", plan)
+    write_json_atomic(Path(out) / "resource_plan.json", {k: v for k, v in plan.items() if k not in MACHINE_STATE})

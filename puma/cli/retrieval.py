@@ -79,33 +79,48 @@ def embed_all(
 
     Under ``python -m flows.launch`` each of the WORLD_SIZE processes embeds shards j % WORLD_SIZE == RANK of
     every store (on cuda:LOCAL_RANK where there are GPUs); after a barrier rank 0 checks every store is
-    complete and writes ``complete.json``. Reruns resume (only unfinished shards are embedded).
+    complete and writes ``complete.json``. The stores are filled in the stage's work directory
+    (``OUT.parent/.puma-work/OUT.name/<key>/``, :func:`puma.evaluate.embed_workdir`) and published to OUT
+    when complete, so a killed run (or a retried DVC stage, whose OUT DVC deletes first) resumes: only
+    unfinished shards are embedded, and a crash loses at most one shard per process.
     """
     from puma import distributed
     from puma.data.schema import DataError
     from puma.embed import EmbeddingError
-    from puma.evaluate import embed_table1
-    from puma.io import write_json_atomic
+    from puma.embed.store import finished_shards
+    from puma.evaluate import embed_table1, embed_workdir
+    from puma.io import atomic_dir, write_json_atomic
 
     s = _settings(params)
     cols = _columns(column)
     rank, world, local_rank = distributed.launched()
     distributed.join_group()
     try:
-        retriever = _retriever(model, s, _device(device, local_rank))
         say = typer.echo if rank == 0 else (lambda msg: None)
+        root = data or s.data.root
+        work = embed_workdir(s, model, root, out)
+        dest = work.prepare(log=say)
+        done, stores, broken = finished_shards(dest)
+        say(f"embed: resumed: {done} finished shard(s) in {stores} started store(s) in {dest}" if done
+            else f"embed: no finished shard in {dest}; starting fresh")
+        for path in broken:
+            say(f"embed: {path}: incomplete or corrupt shard; embedding it again")
+        retriever = _retriever(model, s, _device(device, local_rank))
         _, pools, queries = embed_table1(
-            retriever, model, data or s.data.root, out, s, columns=cols, shard_index=rank, num_shards=world,
+            retriever, model, root, dest, s, columns=cols, shard_index=rank, num_shards=world,
             num_workers=s.runtime.num_workers if workers is None else workers, progress=say)
         distributed.barrier()  # every rank's shards are written
         if rank == 0:
             stores = list(pools.values()) + queries
             for st in stores:
                 st.check({})  # finished
-            write_json_atomic(out / "complete.json", {
+            write_json_atomic(dest / "complete.json", {
                 "model": str(model), "model_fingerprint": stores[0].manifest["model_fingerprint"],
                 "split": s.evaluate.split, "processes": world,
-                "stores": {str(st.root.relative_to(out)): st.manifest["count"] for st in stores}})
+                "stores": {str(st.root.relative_to(dest)): st.manifest["count"] for st in stores}})
+            with atomic_dir(out) as tmp:
+                work.publish(tmp)
+            work.finish()
             typer.echo(f"{out}: {len(pools)} pool(s) ({sum(p.manifest['count'] for p in pools.values())} "
                        f"candidates), {len(queries)} query file(s) on {world} process(es)")
     except (DataError, EmbeddingError, FileNotFoundError) as e:

@@ -2,7 +2,7 @@
 
 Each command reads ``--params`` and writes under ``--out``. What survives a failed or killed run (the
 checkpoints, the teacher cache's finished shards) lives outside ``OUT``, in
-``OUT.parent/.puma-work/OUT.name/<fingerprint>/`` (:mod:`puma.train.workdir`), so a re-run of the same
+``OUT.parent/.puma-work/OUT.name/<fingerprint>/`` (:mod:`puma.workdir`), so a re-run of the same
 stage (by hand, by ``dvc repro``, by the flow's retry) resumes from it when the code, params and inputs
 are the same, and starts fresh (saying why) otherwise; it is removed once ``OUT`` is complete. Multi-process runs go through
 ``accelerate launch`` / ``torchrun`` around the same command (``runtime.num_processes``). The training
@@ -91,7 +91,7 @@ def teacher_cache(
     and its output defined). With ``distill_kind: none`` the cache is still built (stage 1 does not read
     it), so the stage reads one stage-1 key only.
     """
-    from puma.train.stage1 import build_teacher_cache
+    from puma.train.stage1 import build_teacher_cache, teacher_cache_workdir
 
     settings = settings_or_exit(params)
     if not settings.stage1.enabled:
@@ -103,8 +103,10 @@ def teacher_cache(
         typer.echo(f"stage1.enabled is false: teacher cache not built ({out}/NOT_BUILT.json)")
         return
     plan = _preflight(settings, "teacher-cache", model, None)
-    path = build_teacher_cache(settings, model, out, batch_size=batch_size, progress=progress)
+    work = teacher_cache_workdir(settings, model, out, batch_size)
+    path = build_teacher_cache(settings, model, out, batch_size=batch_size, progress=progress, work=work)
     _write_plan(plan, out)  # after: the cache directory is replaced whole
+    work.finish()
     typer.echo(f"wrote teacher cache to {path}")
 
 
@@ -118,7 +120,13 @@ def stage1(
     progress: bool = PROGRESS,
 ) -> None:
     """Stage 1: LoRA + layer-pruned self-distillation (Eq. 2-4), then merge to OUT/model."""
-    from puma.train.stage1 import build_teacher_cache, needs_teacher, stage1_workdir, train_stage1
+    from puma.train.stage1 import (
+        build_teacher_cache,
+        needs_teacher,
+        stage1_workdir,
+        teacher_cache_workdir,
+        train_stage1,
+    )
 
     settings = settings_or_exit(params)
     if not settings.stage1.enabled:
@@ -132,7 +140,9 @@ def stage1(
             typer.echo(f"{cache}: no teacher cache; run `puma train teacher-cache --out {cache}` first", err=True)
             raise typer.Exit(2)
         typer.echo(f"{cache}: no teacher cache yet, building it")
-        build_teacher_cache(settings, model, cache, progress=progress)
+        cache_work = teacher_cache_workdir(settings, model, cache)
+        build_teacher_cache(settings, model, cache, progress=progress, work=cache_work)
+        cache_work.finish()
     work = stage1_workdir(settings, model, out, cache)
     summary = train_stage1(settings, model, out, cache_dir=cache, progress=progress,
                            step_loggers=_step_loggers(settings), work=work)

@@ -17,6 +17,7 @@ import numpy as np
 from puma.embed.fingerprint import model_fingerprint
 from puma.embed.prefetch import Prefetcher
 from puma.embed.store import FORMAT, EmbeddingError, EmbeddingStore, start_manifest, write_shard
+from puma.faults import fault_tick
 from puma.io import file_sha256
 
 
@@ -101,6 +102,9 @@ def embed_records(
     manifest.setdefault("extra", {})
     store = start_manifest(Path(out), manifest)
     todo = {j for j in range(store.num_shards) if j % num_shards == shard_index and not store.is_done(j)}
+    for j in sorted(todo):
+        if progress and any(p.exists() for p in store.shard_paths(j)):
+            progress(f"shard {j:05d}: incomplete or corrupt ({store.shard_paths(j)[0]}); embedding it again")
     if progress:
         progress(f"{len(todo)} shard(s) to embed in {out} ({store.num_shards} in all)")
     if not todo:
@@ -125,6 +129,7 @@ def embed_records(
                         raise EmbeddingError(f"shard {j}: some rows were not embedded")
                     write_shard(store, j, out_buf, pending.pop(j))
                     out_buf = None
+                    fault_tick("embed")  # test hook (puma/faults.py): off unless asked
                     if progress:
                         progress(f"shard {j:05d}: {store.shard_rows(j)} rows")
     finally:

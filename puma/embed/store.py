@@ -120,6 +120,19 @@ class EmbeddingStore:
         return (np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)), ids
 
 
+def finished_shards(root: str | os.PathLike) -> tuple[int, int, list[Path]]:
+    """Over every store started under ``root``: ``(finished shards, stores, shards with files but not
+    finished)``; the last are half-written or corrupt (a truncated ``.npy``) and will be embedded again."""
+    done, stores, broken = 0, 0, []
+    for manifest in sorted(Path(root).rglob(MANIFEST)):
+        store = EmbeddingStore.open(manifest.parent)
+        stores += 1
+        missing = store.missing()
+        done += store.num_shards - len(missing)
+        broken += [store.shard_paths(j)[0] for j in missing if any(p.exists() for p in store.shard_paths(j))]
+    return done, stores, broken
+
+
 def start_manifest(out: Path, manifest: dict) -> EmbeddingStore:
     """Create ``out`` with ``manifest``, or check that an existing one matches (resume)."""
     path = out / MANIFEST

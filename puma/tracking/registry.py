@@ -4,19 +4,30 @@ The final merged model folder is logged as the parent run's ``model``, a pyfunc 
 (:mod:`.pyfunc`) with the scores as model metrics, and registered as a version of ``tracking.model_name``
 with k, lambda and the evaluation status as tags, aliased ``challenger``. :func:`promote` is the gate that moves ``champion``: only a *complete* evaluation on the
 same evaluation data whose global average is at least the champion's.
+
+Concurrent registrations (two pipelines finishing at once): MLflow has no compare-and-set on an alias,
+so :func:`promote` (1) runs under an exclusive lock where the store allows one (an ``flock`` on
+``<store>.promote.lock`` beside a local SQLite or file store; a tracking server has no lock), and
+(2) converges: after its decision it re-reads every version that is fully registered (status READY) with
+a complete evaluation on the same data and points ``champion`` at the best of them (ties: the newest),
+re-checking until the alias stays put. A version is only ever aliased once its model, scores and tags
+are logged, so the champion is always a complete evaluation and, once the racers are done, the best.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 from puma.config import Settings
+from puma.faults import fault_delay
 from puma.tracking.checks import EvalCheck, TrackingError
-from puma.tracking.store import connect
+from puma.tracking.store import connect, is_server, resolve_uri
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -131,7 +142,71 @@ def _score(client, version) -> float | None:
         return None
 
 
+@contextmanager
+def registry_lock(settings: Settings, root: str | os.PathLike = ".") -> Iterator[Path | None]:
+    """An exclusive lock for promotions on a local store (``flock`` on ``<store>.promote.lock``); for a
+    tracking server nothing (the convergence in :func:`promote` still applies). Yields the lock's path."""
+    uri = resolve_uri(settings.tracking.uri, Path(root).resolve())
+    if is_server(uri) or not uri.startswith(("sqlite:///", "file:", "/")):
+        yield None
+        return
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):].split("?")[0] + ".promote.lock")
+    else:
+        path = Path(uri.removeprefix("file://")) / ".promote.lock"
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _best_complete(client, name: str, data: str | None):
+    """The best fully registered version with a complete evaluation on ``data``: highest gate score,
+    ties to the newest; None when there is none."""
+    best, best_key = None, None
+    for mv in client.search_model_versions(f"name='{name}'"):
+        if str(getattr(mv, "status", "READY")) not in ("READY", "ModelVersionStatus.READY"):
+            continue
+        if mv.tags.get("eval.status") != "complete" or mv.tags.get("eval.data") != data:
+            continue
+        score = _score(client, mv)
+        if score is None:
+            continue
+        key = (score, int(mv.version))
+        if best_key is None or key > best_key:
+            best, best_key = mv, key
+    return best
+
+
+def _converge(client, name: str, data: str | None, rounds: int = 5) -> str | None:
+    """Point ``champion`` at :func:`_best_complete` until a re-read agrees; returns the champion's version."""
+    from mlflow.exceptions import MlflowException
+
+    current = None
+    for _ in range(rounds):
+        best = _best_complete(client, name, data)
+        try:
+            current = str(client.get_registered_model(name).aliases.get(CHAMPION) or "") or None
+        except MlflowException:
+            current = None
+        if best is None or current == str(best.version):
+            return current
+        client.set_registered_model_alias(name, CHAMPION, best.version)
+    return current
+
+
 def promote(settings: Settings, version: str | None = None, root: str | os.PathLike = ".") -> Decision:
+    """The promotion gate under :func:`registry_lock`, then convergence (see the module docstring)."""
+    with registry_lock(settings, root):
+        return _promote(settings, version, root)
+
+
+def _promote(settings: Settings, version: str | None, root: str | os.PathLike) -> Decision:
     """The promotion gate: move ``champion`` to ``version`` (default: the challenger) or say why not.
 
     Promotes only when the version's evaluation is complete, it was evaluated on the same data as the
@@ -167,11 +242,19 @@ def promote(settings: Settings, version: str | None = None, root: str | os.PathL
         else:
             promoted, reason = False, (f"not promoted: {GATE_METRIC} {score:.2f} < champion "
                                        f"v{champ.version} {best:.2f}")
+    fault_delay("promote")  # test hook (puma/faults.py): widens the read-then-write window of a race
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, cand.version)
     client.set_model_version_tag(name, cand.version, "promotion", "promoted" if promoted else "rejected")
     client.set_model_version_tag(name, cand.version, "promotion.reason", reason)
     after = str(cand.version) if promoted else before
+    if champ is None or champ.tags.get("eval.data") == cand.tags.get("eval.data"):
+        # Another registration may have landed since the read above: converge on the best complete one.
+        converged = _converge(client, name, cand.tags.get("eval.data"))
+        if converged is not None and converged != after:
+            reason += f"; champion converged to v{converged} (the best complete evaluation)"
+            client.set_model_version_tag(name, cand.version, "promotion.reason", reason)
+            after = converged
     return Decision(str(cand.version), promoted, reason, before, after)
 
 

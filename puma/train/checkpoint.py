@@ -10,7 +10,7 @@ Layout of one checkpoint ``OUT/checkpoints/step-000120/``::
     rng-rank<r>.json        python and numpy generator states of rank r
     state.json              TrainState: epoch, step within the epoch, global step
     manifest.json           written last: sha256 and size of every file above, the trainable shapes,
-                            and the fingerprint of the run (puma.train.workdir) it belongs to
+                            and the fingerprint of the run (puma.workdir) it belongs to
 
 Each file is written atomically (puma.io, flushed to disk) into a temporary directory that is renamed
 into place, so a run killed at any moment (``kill -9``) leaves either the previous checkpoint or the

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from puma.config import RuntimeSettings, Settings
+from puma.faults import fault_point
 from puma.io import atomic_write, write_text_atomic
 from puma.train.checkpoint import TrainState, load_checkpoint, resume_point, save_checkpoint
 
@@ -196,7 +197,7 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
 
     ``work`` (default ``out``) is where what survives a crash lives: the checkpoints and the step log
     ``WORK/train_log.jsonl`` (one row per step; copied to ``OUT/train_log.jsonl`` at the end). The
-    pipeline passes a work directory outside the stage's DVC outputs (:mod:`puma.train.workdir`) and its
+    pipeline passes a work directory outside the stage's DVC outputs (:mod:`puma.workdir`) and its
     ``fingerprint``, recorded in every checkpoint and required to match on resume. A checkpoint that
     fails verification is reported and skipped for the previous one. ``step_loggers`` (factories, see
     :data:`StepLoggerFactory`) add live loggers on the main process; a failing one is warned about.
@@ -300,6 +301,7 @@ def run_training(spec: StageSpec, settings: Settings, out: str | Path, progress:
                 if done or state.global_step % spec.checkpoint_every == 0:
                     save_checkpoint(ckpt_root, accelerator.unwrap_model(model), ckpt_optimizer, scheduler, state,
                                     fingerprint=fingerprint)
+                fault_point(spec.name, state.global_step)  # test hook (puma/faults.py): off unless asked
                 if done:
                     break
     finally:

@@ -28,7 +28,7 @@ from puma.train.batching import concat_batches, row_keys
 
 if TYPE_CHECKING:
     from puma.train.loop import StepLoggerFactory
-    from puma.train.workdir import WorkDir
+    from puma.workdir import WorkDir
 
 # Decoder projections only: Qwen2-VL's vision blocks use fused `qkv`/`proj`/`fc1`/`fc2` and the merger
 # an `mlp` Sequential, so anchoring on `language_model` keeps the vision tower frozen by construction.
@@ -131,7 +131,7 @@ def run_pair_stage(name: str, settings, cfg, peft_model, processor, dataset, com
     """Train ``peft_model`` on (query, positive) pairs with ``compute_loss``, then merge and save ``OUT/model``.
 
     ``cfg`` is the stage's params section; ``record`` goes into ``config.json["puma"][name]`` with the
-    number of steps. ``work``: the stage's work directory (checkpoints; :mod:`puma.train.workdir`),
+    number of steps. ``work``: the stage's work directory (checkpoints; :mod:`puma.workdir`),
     default ``OUT`` itself. Where the run resumed goes to ``OUT/resume.json``. Returns the run summary
     (:func:`puma.train.loop.run_summary`, identical for a resumed and an uninterrupted run) with
     ``resumed_from`` added. The caller removes the work directory once it has written the rest.

@@ -133,8 +133,8 @@ def _stage1_inputs(settings: Settings, model_dir: str | Path) -> dict[str, Any]:
 
 
 def stage1_workdir(settings: Settings, model_dir: str | Path, out: str | Path, cache_dir: str | Path | None = None):
-    """The work directory (checkpoints, :mod:`puma.train.workdir`) of a stage-1 run into ``out``."""
-    from puma.train.workdir import WorkDir, fingerprint
+    """The work directory (checkpoints, :mod:`puma.workdir`) of a stage-1 run into ``out``."""
+    from puma.workdir import WorkDir, fingerprint
 
     inputs = _stage1_inputs(settings, model_dir)
     if settings.stage1.teacher == "cache" and cache_dir is not None:
@@ -142,10 +142,16 @@ def stage1_workdir(settings: Settings, model_dir: str | Path, out: str | Path, c
     return WorkDir(Path(out), fingerprint("stage1", settings, PARAMS, inputs))
 
 
-def teacher_cache_workdir(settings: Settings, model_dir: str | Path, out: str | Path):
-    """The work directory (finished shards) of a teacher-cache build into ``out``."""
-    from puma.train.workdir import WorkDir, fingerprint
+def teacher_cache_workdir(settings: Settings, model_dir: str | Path, out: str | Path, batch_size: int | None = None):
+    """The work directory (finished shards) of a teacher-cache build into ``out``.
 
+    ``batch_size`` (``--batch-size``, default ``embed.batch_size``) is part of the key: the teacher's
+    states are computed batch by batch, and a resume must continue with the same batches.
+    """
+    from puma.workdir import WorkDir, fingerprint
+
+    if batch_size:
+        settings = settings.model_copy(update={"embed": settings.embed.model_copy(update={"batch_size": batch_size})})
     return WorkDir(Path(out), fingerprint("teacher_cache", settings, CACHE_PARAMS, _stage1_inputs(settings, model_dir)))
 
 
@@ -179,9 +185,13 @@ def train_stage1(
 
 def build_teacher_cache(
     settings: Settings, model_dir: str | Path, out: str | Path, dataset=None, batch_size: int | None = None,
-    progress: bool = True,
+    progress: bool = True, work=None,
 ) -> Path:
-    """Compute the teacher's ``[RET]`` states for every query and positive of the stage-1 data."""
+    """Compute the teacher's ``[RET]`` states for every query and positive of the stage-1 data.
+
+    ``work``: the build's :class:`puma.workdir.WorkDir` (:func:`teacher_cache_workdir`): finished
+    shards are kept there, so a killed build resumes; the caller removes it once ``out`` is complete.
+    """
     from puma.model.processor import load_processor
 
     model_dir = Path(model_dir)
@@ -201,4 +211,5 @@ def build_teacher_cache(
 
     return write_teacher_cache(out, teacher, processor, settings.prompt, batches(),
                                teacher_fingerprint(settings.model.base, model_dir, ret_id),
-                               shard_size=settings.embed.shard_size, progress=progress)
+                               shard_size=settings.embed.shard_size, progress=progress,
+                               work=None if work is None else work.prepare() / "shards")

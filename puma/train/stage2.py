@@ -65,8 +65,8 @@ PARAMS = ("seed", "model.ret_token", "model.ret_trainable", "model.dtype", "mode
 
 
 def stage2_workdir(settings: Settings, model_dir: str | Path, out: str | Path):
-    """The work directory (checkpoints, :mod:`puma.train.workdir`) of a stage-2 run into ``out``."""
-    from puma.train.workdir import WorkDir, fingerprint
+    """The work directory (checkpoints, :mod:`puma.workdir`) of a stage-2 run into ``out``."""
+    from puma.workdir import WorkDir, fingerprint
 
     inputs = {"model": model_dir, "data": settings.data.root}
     return WorkDir(Path(out), fingerprint("stage2", settings, PARAMS, inputs))
@@ -79,7 +79,7 @@ def train_stage2(
     """Run stage 2 from the stage-1 checkpoint ``model_dir``; the merged retriever goes to ``OUT/model``.
 
     ``step_loggers``: live loggers for :func:`puma.train.loop.run_training` (the CLI's tracking ones);
-    ``work``: a :class:`puma.train.workdir.WorkDir` for the checkpoints (default: ``OUT/checkpoints``).
+    ``work``: a :class:`puma.workdir.WorkDir` for the checkpoints (default: ``OUT/checkpoints``).
     """
     from puma.train.loop import seed_everything
 

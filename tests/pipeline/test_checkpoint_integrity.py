@@ -19,7 +19,7 @@ from puma.config import Settings
 from puma.train import checkpoint as ckpt
 from puma.train.checkpoint import CheckpointError, list_checkpoints, resume_point, verify_checkpoint
 from puma.train.loop import run_summary, run_training
-from puma.train.workdir import WorkDir, fingerprint
+from puma.workdir import WorkDir, fingerprint
 from tests.pipeline.test_train_loop import make_spec
 
 

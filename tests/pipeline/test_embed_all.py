@@ -127,17 +127,22 @@ def test_kill_9_then_rerun_finishes_only_the_missing_shards(one_process, tiny_di
     cmd, env = _launch(tiny_dir, mbeir_mini, out, PUMA_RUNTIME__NUM_PROCESSES="2")
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    # The stores are filled in the stage's work directory and published to OUT when complete.
+    work = out.parent / ".puma-work" / out.name
     deadline = time.monotonic() + 600
-    while len(list(out.rglob("shards/*.npy"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+    while len(list(work.rglob("shards/*.npy"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, at once
     proc.wait()
-    done = {p: p.stat().st_mtime_ns for p in out.rglob("shards/*.npy")}
+    assert not out.exists(), "a killed run published a partial OUT"
+    (key,) = work.iterdir()
+    done = {p.relative_to(key): p.stat().st_mtime_ns for p in key.rglob("shards/*.npy")}
     total = len(_shard_bytes(one_process)) // 2
     assert 3 <= len(done) < total, "the kill came too late to leave missing shards"
     res = subprocess.run(cmd, check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished shards were not redone
+    assert all((out / p).stat().st_mtime_ns == t for p, t in done.items())  # finished shards were not redone
+    assert not work.exists(), "the work directory is removed once OUT is complete"
     assert _shard_bytes(out) == _shard_bytes(one_process)
     for store in ("pools/cirr_task7", "queries/webqa_task1"):
         assert EmbeddingStore.open(out / store).missing() == []

@@ -38,10 +38,14 @@ def test_lora_count_matches_peft(tiny_dir):
 def test_fit_check_and_plan_file(tmp_path, monkeypatch, tiny_dir):
     settings = load_settings("params.yaml")
     monkeypatch.setattr(resources, "device_memory", lambda: ("cpu (host RAM)", 1024))
+    said = []
     with pytest.raises(ResourceError, match="stage2 needs about .* GiB per process but cpu"):
-        preflight(settings, "stage2", tiny_dir, tmp_path, echo=lambda _: None)
+        preflight(settings, "stage2", tiny_dir, tmp_path, echo=said.append)
+    assert "available -> DOES NOT FIT" in said[0], said
     plan = json.loads((tmp_path / "resource_plan.json").read_text())
-    assert plan["fits"] is False and plan["available"] == 1024
+    # The file is a function of params and model only (it is part of a DVC out): no free memory in it.
+    assert plan["device"] == "cpu (host RAM)" and plan["total"] > 1024 and "available" not in plan
+    assert "fits" not in plan
     monkeypatch.setenv("PUMA_RESOURCE_CHECK", "0")
     said = []
     preflight(settings, "stage2", tiny_dir, None, echo=said.append)

@@ -1,10 +1,12 @@
 """Where a stage keeps what must survive a failed run of it: a work directory outside its outputs.
 
 DVC deletes a stage's outputs before it runs the stage, so checkpoints kept inside them are lost to
-every retry. A stage writing ``OUT`` therefore keeps its checkpoints (and partial teacher-cache
-shards) in ``OUT.parent/.puma-work/OUT.name/<key>/``: beside ``OUT`` (same filesystem), gitignored and
-``.dvcignore``'d, never part of what DVC caches. ``<key>`` is a fingerprint of everything the stage's
-result depends on:
+every retry. A stage writing ``OUT`` therefore keeps what it has finished so far (training checkpoints,
+teacher-cache shards, the embed stage's embedding stores) in ``OUT.parent/.puma-work/OUT.name/<key>/``:
+beside ``OUT`` (same filesystem), gitignored and ``.dvcignore``'d, never part of what DVC caches (this
+project does not use ``persist: true`` outs: a persisted out would also keep the results of a run
+with other params, and DVC would cache whatever partial state it held). ``<key>`` is a fingerprint of
+everything the stage's result depends on:
 
 - ``code``: sha256 of every ``.py`` file of the ``puma`` package (stricter than the stage's DVC code
   deps: any code change starts fresh, never a resume across a code change);
@@ -49,7 +51,7 @@ def tree_sha256(path: str | Path) -> str:
 
 def code_sha256() -> str:
     """sha256 over the ``puma`` package's Python sources (the code every stage runs)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for f in sorted(root.rglob("*.py")):
         if "__pycache__" not in f.parts:
@@ -125,6 +127,21 @@ class WorkDir:
         if not (self.path / FINGERPRINT).is_file():
             write_json_atomic(self.path / FINGERPRINT, self.record, sort_keys=True)
         return self.path
+
+    def publish(self, dst: str | Path) -> None:
+        """Hard-link (copy where links are not supported) every file of this work directory except
+        ``fingerprint.json`` into ``dst`` under the same relative paths. The work copy stays until
+        :meth:`finish`, so a run killed while publishing loses nothing."""
+        dst = Path(dst)
+        for f in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            rel = f.relative_to(self.path)
+            if rel.as_posix() == FINGERPRINT:
+                continue
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, dst / rel)
+            except OSError:
+                shutil.copyfile(f, dst / rel)
 
     def finish(self) -> None:
         """The stage's outputs are complete: drop its work directory (and empty parents)."""
