@@ -141,6 +141,19 @@ def device_memory() -> tuple[str, int]:
     return "cpu (host RAM)", 0
 
 
+def peak_memory() -> dict[str, int]:
+    """This process's peak memory so far: ``peak_rss_bytes`` (VmHWM) and, once CUDA ran, ``peak_gpu_bytes``."""
+    import torch
+
+    out: dict[str, int] = {}
+    for line in Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []:
+        if line.startswith("VmHWM:"):
+            out["peak_rss_bytes"] = int(line.split()[1]) * 1024
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     def g(n: int) -> str:
         return f"{n / GIB:.2f} GiB"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -73,6 +74,8 @@ def embed_all(
     column: list[str] = typer.Option(None, "--column", help="only these columns (e.g. cirr_task7); default all 16"),
     workers: int | None = typer.Option(None, "--workers", help="data-loader workers (default: runtime.num_workers)"),
     device: str | None = typer.Option(None, "--device", help="default: cuda:LOCAL_RANK or cpu"),
+    stats: Path | None = typer.Option(None, "--stats", help="write this run's cost (seconds, samples/s, peak "
+                                      "memory of rank 0) to this JSON file, a run record outside OUT"),
     params: str = PARAMS,
 ) -> None:
     """Embed every local pool and query file of evaluate.split (the `embed` stage); splits over torchrun ranks.
@@ -90,7 +93,9 @@ def embed_all(
     from puma.embed.store import finished_shards
     from puma.evaluate import embed_table1, embed_workdir
     from puma.io import atomic_dir, write_json_atomic
+    from puma.resources import peak_memory
 
+    started = time.perf_counter()
     s = _settings(params)
     cols = _columns(column)
     rank, world, local_rank = distributed.launched()
@@ -121,6 +126,15 @@ def embed_all(
             with atomic_dir(out) as tmp:
                 work.publish(tmp)
             work.finish()
+            if stats is not None:
+                # Cost of this run (the resumed part only, after a crash): not part of OUT, whose bytes are the
+                # same for every run; the register stage logs these as run metrics (puma.tracking.cost).
+                items = sum(st.manifest["count"] for st in stores)
+                seconds = time.perf_counter() - started
+                write_json_atomic(stats, {"seconds": round(seconds, 3), "items": items, "processes": world,
+                                          "resumed_shards": done,
+                                          "samples_per_s": round(items / seconds, 3) if done == 0 else None,
+                                          **peak_memory()})
             typer.echo(f"{out}: {len(pools)} pool(s) ({sum(p.manifest['count'] for p in pools.values())} "
                        f"candidates), {len(queries)} query file(s) on {world} process(es)")
     except (DataError, EmbeddingError, FileNotFoundError) as e:

@@ -59,12 +59,27 @@ def one_process(tiny_dir, mbeir_mini, tmp_path_factory):
     os.environ.update(PUMA_EMBED__SHARD_SIZE="4", PUMA_EMBED__BATCH_SIZE="4")
     try:
         said = _ok(["embed-all", "--model", str(tiny_dir), "--data", str(mbeir_mini), "--out", str(out),
-                    "--params", str(REPO / "params.yaml"), *COLUMNS])
+                    "--params", str(REPO / "params.yaml"), "--stats", str(out.parent / "embed_metrics.json"),
+                    *COLUMNS])
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert "2 pool(s)" in said and "2 query file(s) on 1 process(es)" in said
     return out
+
+
+def test_embed_all_writes_its_cost_outside_the_store(one_process):
+    """--stats: seconds, items, samples/s and peak memory of this run, beside (not inside) the store."""
+    from puma.tracking.cost import stage_cost
+
+    stats = json.loads((one_process.parent / "embed_metrics.json").read_text())
+    complete = json.loads((one_process / "complete.json").read_text())
+    assert stats["items"] == sum(complete["stores"].values()) and stats["resumed_shards"] == 0
+    assert stats["seconds"] > 0 and stats["samples_per_s"] == pytest.approx(stats["items"] / stats["seconds"], rel=1e-2)
+    assert stats["peak_rss_bytes"] > 50 * 2**20  # a process that loaded torch and a model
+    assert not list(one_process.rglob("embed_metrics.json"))
+    cost = stage_cost("embed", [], stats)  # what the register stage puts on the pipeline run
+    assert set(cost) == {"embed.seconds", "embed.samples_per_s", "embed.peak_rss_bytes"}
 
 
 def test_evaluate_from_stores_equals_evaluate_that_embeds(one_process, tiny_dir, mbeir_mini, tmp_path):
