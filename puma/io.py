@@ -35,6 +35,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], mode
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # e.g. ENOSPC from write(): say which output could not be written
+            raise OSError(e.errno, f"{e.strerror or e} (writing {path})", str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

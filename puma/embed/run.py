@@ -101,7 +101,9 @@ def embed_records(
                     normalized=True)
     manifest.setdefault("extra", {})
     store = start_manifest(Path(out), manifest)
-    todo = {j for j in range(store.num_shards) if j % num_shards == shard_index and not store.is_done(j)}
+    # A resume verifies every finished shard's checksums: a changed or half-written one is embedded again.
+    todo = {j for j in range(store.num_shards)
+            if j % num_shards == shard_index and not store.is_done(j, verify=True)}
     for j in sorted(todo):
         if progress and any(p.exists() for p in store.shard_paths(j)):
             progress(f"shard {j:05d}: incomplete or corrupt ({store.shard_paths(j)[0]}); embedding it again")

@@ -1,8 +1,9 @@
-"""The embedding directory format: ``manifest.json`` plus ``shards/NNNNN.{npy,ids}`` (see :mod:`puma.embed`).
+"""The embedding directory format: ``manifest.json`` plus ``shards/NNNNN.{npy,ids,sha256}`` (see :mod:`puma.embed`).
 
 :class:`EmbeddingStore` reads a (possibly partial) directory; :func:`start_manifest` creates one or
 checks that an existing one was made from the same inputs; :func:`write_shard` writes one finished
-shard, its ``.npy`` last.
+shard: its ``.ids``, its ``.npy``, then (last: marks it done) ``.sha256``, the checksums of both, which a
+resume and :meth:`EmbeddingStore.check` verify (a search after ``check`` reads shapes only).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from puma.index import Shard
-from puma.io import atomic_write, write_json_atomic
+from puma.io import atomic_write, file_sha256, write_json_atomic
 
 MANIFEST = "manifest.json"
-FORMAT = "puma-embeddings/1"
+FORMAT = "puma-embeddings/2"  # /2: every shard has a .sha256 record
 # Manifest fields that must match for a rerun to reuse finished shards.
 IDENTITY_KEYS = ("format", "kind", "model_fingerprint", "source_sha256", "count", "shard_size", "dtype",
                  "dim", "extra")
@@ -62,19 +63,32 @@ class EmbeddingStore:
         base = self.root / "shards" / f"{j:05d}"
         return base.with_suffix(".npy"), base.with_suffix(".ids")
 
-    def is_done(self, j: int) -> bool:
-        """A shard is finished when its .npy (written last) exists with the expected shape."""
+    def sum_path(self, j: int) -> Path:
+        return self.root / "shards" / f"{j:05d}.sha256"
+
+    def is_done(self, j: int, verify: bool = False) -> bool:
+        """A shard is finished when its .sha256 record (written last) exists and its .npy has the expected
+        shape; with ``verify`` also when both files' checksums equal the record's."""
         npy, ids = self.shard_paths(j)
-        if not (npy.is_file() and ids.is_file()):
+        record = self.sum_path(j)
+        if not (npy.is_file() and ids.is_file() and record.is_file()):
             return False
         try:
             arr = np.load(npy, mmap_mode="r")
         except (ValueError, OSError):
             return False
-        return arr.shape == (self.shard_rows(j), self.manifest["dim"])
+        if arr.shape != (self.shard_rows(j), self.manifest["dim"]):
+            return False
+        if verify:
+            try:
+                sums = json.loads(record.read_text())
+            except (json.JSONDecodeError, OSError):
+                return False
+            return sums == {"npy": file_sha256(npy), "ids": file_sha256(ids)}
+        return True
 
-    def missing(self) -> list[int]:
-        return [j for j in range(self.num_shards) if not self.is_done(j)]
+    def missing(self, verify: bool = False) -> list[int]:
+        return [j for j in range(self.num_shards) if not self.is_done(j, verify)]
 
     def shard(self, j: int) -> Shard:
         """Shard j, memory-mapped (only the pages searched are read)."""
@@ -104,10 +118,11 @@ class EmbeddingStore:
             raise EmbeddingError(f"{self.root / MANIFEST}: made with different {', '.join(diff)} "
                                  f"(e.g. {diff[0]}: {self.manifest.get(diff[0])!r} != {expected[diff[0]]!r}); "
                                  "re-run `puma embed-all`")
-        missing = self.missing()
+        missing = self.missing(verify=True)  # checksums: a shard changed after it was written is caught here
         if missing:
-            raise EmbeddingError(f"{self.root}: {len(missing)} of {self.num_shards} shards unfinished "
-                                 f"(first: {missing[0]}); re-run `puma embed-all` to finish them")
+            raise EmbeddingError(f"{self.shard_paths(missing[0])[0]}: {len(missing)} of {self.num_shards} shards "
+                                 f"of {self.root} unfinished or failing their checksum (first: {missing[0]}); "
+                                 "re-run `puma embed-all` to embed them again")
         return self
 
     def load(self) -> tuple[np.ndarray, list[str]]:
@@ -127,7 +142,7 @@ def finished_shards(root: str | os.PathLike) -> tuple[int, int, list[Path]]:
     for manifest in sorted(Path(root).rglob(MANIFEST)):
         store = EmbeddingStore.open(manifest.parent)
         stores += 1
-        missing = store.missing()
+        missing = store.missing(verify=True)
         done += store.num_shards - len(missing)
         broken += [store.shard_paths(j)[0] for j in missing if any(p.exists() for p in store.shard_paths(j))]
     return done, stores, broken
@@ -158,4 +173,5 @@ def write_shard(store: EmbeddingStore, j: int, emb: np.ndarray, ids: Sequence[st
         raise EmbeddingError(f"shard {j}: ids must be non-empty single-line strings, got {bad[0]!r}")
     atomic_write(ids_path, lambda f: f.write("".join(f"{i}\n" for i in ids)), mode="w")
     arr = emb.astype(store.manifest["dtype"])
-    atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))  # last: marks the shard done
+    atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
+    write_json_atomic(store.sum_path(j), {"npy": file_sha256(npy), "ids": file_sha256(ids_path)})  # last: done

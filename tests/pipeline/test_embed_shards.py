@@ -88,6 +88,50 @@ def test_corrupt_shard_is_redone(tmp_path):
     assert (tmp_path / "e/shards/00002.npy").read_bytes() == good
 
 
+def test_a_changed_shard_fails_its_checksum_and_is_redone(tmp_path):
+    """Same shape, one flipped byte (bit rot, a hand edit): check() names the file; a resume re-embeds it."""
+    _run(tmp_path / "e")
+    npy = tmp_path / "e/shards/00003.npy"
+    good = npy.read_bytes()
+    npy.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    store = EmbeddingStore.open(tmp_path / "e")
+    assert store.missing() == [] and store.missing(verify=True) == [3]  # shapes alone cannot see it
+    with pytest.raises(EmbeddingError, match=r"00003\.npy: 1 of 5 shards .* failing their checksum"):
+        store.check({})
+    _run(tmp_path / "e")
+    assert npy.read_bytes() == good and EmbeddingStore.open(tmp_path / "e").check({})
+
+
+def test_no_space_during_a_shard_write_leaves_no_partial_shard(tmp_path, monkeypatch):
+    """ENOSPC while shard 2's .npy is written: the error names the path, no temp or half shard is left,
+    and a later run with space finishes only the missing shards, with the bytes of a clean run."""
+    import errno
+
+    _run(tmp_path / "clean")
+    real, calls = np.save, []
+
+    def full_disk(f, arr, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # the third shard written, 00002 (one process writes them in order)
+            f.write(b"\x93NUMPY half a shard")
+            raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
+        return real(f, arr, **kw)
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(OSError, match=r"No space left on device \(writing .*shards/00002\.npy\)") as err:
+        _run(tmp_path / "e")
+    assert err.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    shards = tmp_path / "e/shards"
+    assert sorted(p.name for p in shards.iterdir() if not p.name.startswith("0000")) == []  # no temp files
+    assert not (shards / "00002.npy").exists() and not (shards / "00002.sha256").exists()
+    assert EmbeddingStore.open(tmp_path / "e").missing(verify=True) == [2, 3, 4]
+    _run(tmp_path / "e")
+    for j in range(5):
+        for ext in ("npy", "ids", "sha256"):
+            assert (shards / f"{j:05d}.{ext}").read_bytes() == (tmp_path / f"clean/shards/{j:05d}.{ext}").read_bytes()
+
+
 def test_resume_after_kill_9_gives_the_same_bytes(tmp_path):
     script = SCRIPT
     env = dict(os.environ, OMP_NUM_THREADS="1")
