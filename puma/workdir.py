@@ -59,11 +59,16 @@ def code_sha256() -> str:
     return h.hexdigest()
 
 
+# Keys that differ between the nodes (or the relaunches) of one multi-node job and never change a result:
+# every node must find the same work directory.
+NODE_LOCAL_PARAMS = frozenset({"runtime.node_rank", "runtime.rdzv_endpoint", "runtime.rdzv_id"})
+
+
 def fingerprint(stage: str, settings, param_prefixes: Iterable[str], inputs: Mapping[str, str | Path]) -> dict[str, Any]:
     """The record a stage's checkpoints are keyed by: ``{"key", "stage", "code", "params", "inputs"}``."""
     prefixes = tuple(param_prefixes)
     params = {k: v for k, v in sorted(settings.flat().items())
-              if any(k == p or k.startswith(p + ".") for p in prefixes)}
+              if any(k == p or k.startswith(p + ".") for p in prefixes) and k not in NODE_LOCAL_PARAMS}
     record = {"stage": stage, "code": code_sha256(),
               "params": hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest(),
               "param_values": params,

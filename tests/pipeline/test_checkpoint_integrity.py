@@ -161,3 +161,16 @@ def test_checkpoint_of_another_fingerprint_is_not_loaded(tmp_path, settings):
 
 def test_resume_point_of_an_empty_root(tmp_path):
     assert resume_point(Path(tmp_path) / "none") == (None, [])
+
+
+def test_every_node_of_one_job_finds_the_same_work_dir(tmp_path):
+    """node_rank / rendezvous differ between the nodes of one job (and its relaunches): same key;
+    a change that matters (the process count per node) gives another."""
+    data = tmp_path / "data.txt"
+    data.write_text("a")
+    node = {"nnodes": 2, "rdzv_endpoint": "127.0.0.1:29400"}
+    keys = [fingerprint("embed", Settings(tracking={"enabled": False}, runtime=dict(node, node_rank=r, rdzv_id=i)),
+                        ("runtime", "embed"), {"data": data})["key"] for r, i in ((0, "a"), (1, "a"), (1, "b"))]
+    assert len(set(keys)) == 1
+    more = Settings(tracking={"enabled": False}, runtime=dict(node, num_processes=2))
+    assert fingerprint("embed", more, ("runtime", "embed"), {"data": data})["key"] != keys[0]

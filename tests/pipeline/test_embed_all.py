@@ -136,6 +136,15 @@ def test_two_nodes_over_loopback(one_process, tiny_dir, mbeir_mini, tmp_path):
     assert _shard_bytes(out) == _shard_bytes(one_process)
 
 
+def _process(pid: int):
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_finishes_only_the_missing_shards(one_process, tiny_dir, mbeir_mini, tmp_path):
     out = tmp_path / "emb_kill"
@@ -145,18 +154,32 @@ def test_kill_9_then_rerun_finishes_only_the_missing_shards(one_process, tiny_di
     # The stores are filled in the stage's work directory and published to OUT when complete.
     work = out.parent / ".puma-work" / out.name
     deadline = time.monotonic() + 600
-    while len(list(work.rglob("shards/*.npy"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+    while len(list(work.rglob("shards/*.sha256"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, at once
+    # torchrun and both workers at once. torchrun may start its workers in sessions of their own, so the
+    # process group alone can miss them (a surviving rank would finish and publish behind the test's back).
+    import psutil
+
+    tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
+    psutil.wait_procs([p for p in map(_process, tree) if p is not None], timeout=30)
     assert not out.exists(), "a killed run published a partial OUT"
     (key,) = work.iterdir()
-    done = {p.relative_to(key): p.stat().st_mtime_ns for p in key.rglob("shards/*.npy")}
+    # Finished = its .sha256 record (written last) exists; a .npy without one was cut off and is redone.
+    done = {p.relative_to(key): p.stat().st_mtime_ns for p in key.rglob("shards/*.npy")
+            if p.with_suffix(".sha256").is_file()}
     total = len(_shard_bytes(one_process)) // 2
     assert 3 <= len(done) < total, "the kill came too late to leave missing shards"
     res = subprocess.run(cmd, check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert all((out / p).stat().st_mtime_ns == t for p, t in done.items())  # finished shards were not redone
+    redone = [str(p) for p, t in done.items() if (out / p).stat().st_mtime_ns != t]
+    assert not redone, f"finished shards were embedded again: {redone} of {len(done)}\n{res.stdout[-2000:]}"
     assert not work.exists(), "the work directory is removed once OUT is complete"
     assert _shard_bytes(out) == _shard_bytes(one_process)
     for store in ("pools/cirr_task7", "queries/webqa_task1"):
