@@ -105,6 +105,10 @@ def pair_words(pair: dict) -> list[str]:
             or content_words(p.get("text")) or content_words(q.get("text")))
 
 
+def _has_image(item) -> bool:
+    return isinstance(item, dict) and item.get("image") is not None
+
+
 def pretrain_examples(pairs, seed: int) -> list[tuple[dict, bool, list[str]]]:
     """``(item, is_query, words)`` per side of every (query, positive) pair (:func:`pair_words`); pairs
     without any word are dropped; shuffled with ``seed``."""
@@ -124,16 +128,35 @@ def _first_token(tokenizer, word: str) -> int:
     return tokenizer.encode(" " + word, add_special_tokens=False)[0]
 
 
-def answer_targets(tokenizer, words: list[str]) -> list[tuple[int, torch.Tensor | None]]:
+class AnswerTargets:
     """Per word: its first token and the first tokens of its class (:func:`word_classes`; None for a word
-    outside the world's classes: the whole vocabulary)."""
-    classes, of = word_classes(), word_class_of()
-    out = []
-    for w in words:
-        cls = of.get(w)
-        ids = None if cls is None else torch.tensor(sorted({_first_token(tokenizer, x) for x in classes[cls]}))
-        out.append((_first_token(tokenizer, w), ids))
-    return out
+    outside the world's classes: the whole vocabulary). Tokenises each word and class once per tokenizer
+    (a step asks for ~16 answers of 32 items: re-encoding the classes every time cost more than the
+    tiny model's forward and backward)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._token: dict[str, int] = {}
+        self._class: dict[str, torch.Tensor] = {}
+
+    def token(self, word: str) -> int:
+        if word not in self._token:
+            self._token[word] = _first_token(self.tokenizer, word)
+        return self._token[word]
+
+    def __call__(self, words: list[str]) -> list[tuple[int, torch.Tensor | None]]:
+        out = []
+        for w in words:
+            cls = word_class_of().get(w)
+            if cls is not None and cls not in self._class:
+                self._class[cls] = torch.tensor(sorted({self.token(x) for x in word_classes()[cls]}))
+            out.append((self.token(w), None if cls is None else self._class[cls]))
+        return out
+
+
+def answer_targets(tokenizer, words: list[str]) -> list[tuple[int, torch.Tensor | None]]:
+    """:class:`AnswerTargets` for one call (tests, one-off use)."""
+    return AnswerTargets(tokenizer)(words)
 
 
 def lm_labels(batch) -> torch.Tensor:
@@ -233,6 +256,7 @@ def pretrain_base(
     if len(examples) < batch_size:
         raise ValueError(f"pretraining needs at least {batch_size} examples, got {len(examples)}")
     rng = random.Random(seed)
+    targets_of = AnswerTargets(processor.tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -245,18 +269,27 @@ def pretrain_base(
         terms_sum: dict[str, float] = {}
         opt.zero_grad()
         total = 0.0
-        for is_query in (True, False):
-            part = [(item, words) for item, q, words in chunk if q == is_query]
+        kind_sum: dict[str, list[float]] = {}
+        # Queries and documents render differently (instruction), and text-only rows need no image padding:
+        # one collate call per (query/document, text/image) group; the answer loss is logged per input kind
+        # (text answers can be copied from the input, image answers must be read from the pixels).
+        for is_query, kind in ((True, "text"), (True, "image"), (False, "text"), (False, "image")):
+            part = [(item, words) for item, q, words in chunk
+                    if q == is_query and _has_image(item) == (kind == "image")]
             if not part:
                 continue
             batch = collate(processor, [it for it, _ in part], is_query, prompt, ret_token,
                             answers=[rng.choice(words) for _, words in part])
-            targets = [answer_targets(processor.tokenizer, words) for _, words in part]
+            targets = [targets_of(words) for _, words in part]
             loss, terms = pretrain_loss(model, batch, answer_weight, targets)
             (loss * len(part) / batch_size).backward()
             total += loss.item() * len(part) / batch_size
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v * len(part) / batch_size
+            acc = kind_sum.setdefault(f"loss_answer_{kind}", [0.0, 0])
+            acc[0] += terms["loss_answer"] * len(part)
+            acc[1] += len(part)
+        terms_sum.update({k: v / n for k, (v, n) in kind_sum.items()})
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -264,7 +297,9 @@ def pretrain_base(
                "lr": sched.get_last_lr()[0]}
         log_rows.append(row)
         if (step + 1) % 10 == 0 or step == 0:
-            say(f"pretrain step {step + 1}/{steps} loss {total:.3f} answer {terms_sum.get('loss_answer', 0):.3f}")
+            say(f"pretrain step {step + 1}/{steps} loss {total:.3f} answer {terms_sum.get('loss_answer', 0):.3f} "
+                f"(text {terms_sum.get('loss_answer_text', float('nan')):.3f}, "
+                f"image {terms_sum.get('loss_answer_image', float('nan')):.3f})")
     model.eval()
     record = {"steps": steps, "batch_size": batch_size, "lr": lr, "answer_weight": answer_weight,
               "head_init": head_init, "seed": seed,

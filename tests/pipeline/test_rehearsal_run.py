@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ["random-2b", "tiny", "mbeir", "nli", "prune", "teacher_cache", "stage1", "stage2", "embed", "evaluate",
+STAGES = ["random-2b", "tiny", "mbeir", "nli", "pretrain", "prune", "teacher_cache", "stage1", "stage2", "embed", "evaluate",
           "report", "register"]
 
 
@@ -43,6 +43,8 @@ def test_quick_rehearsal_runs_every_stage_at_2b_dims(tmp_path):
     assert text["num_hidden_layers"] == 12 and text["hidden_size"] == 1536
     assert base.get("text_config", base)["num_hidden_layers"] == 28
     assert (ws / "artifacts/tiny/NOT_BUILT.json").is_file() and rows["tiny"]["wall_s"] < 60
+    # No tiny model, so nothing to pretrain: the random 2B is the base as it is.
+    assert [p.name for p in (ws / "artifacts/pretrained").iterdir()] == ["NOT_BUILT.json"]
     from puma.config import load_settings
 
     nbytes = {"float32": 4, "bfloat16": 2}[load_settings(ws / "params.yaml").model.dtype]
