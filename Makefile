@@ -19,7 +19,7 @@ help:
 	@echo "make test-serve the registered model behind the real \`mlflow models serve\` (REST, errors, load)"
 	@echo "make test-faults  fault injection: kill -9 / truncation / ENOSPC / two repro at once (slow)"
 	@echo "make bench      benchmarks -> reports/bench.json + reports/bench.md"
-	@echo "make rehearsal  the whole pipeline on a random Qwen2-VL-2B at its real dimensions, in a separate workspace (~1 h on 2 cores)"
+	@echo "make rehearsal  the whole pipeline on a random Qwen2-VL-2B at its real dimensions, in a separate workspace (~30 min on 2 cores)"
 	@echo "make gpu-check  the GPU check on a bare GPU machine (system python3, no install; ARGS=--dry-run on CPU)"
 	@echo "make lock       re-resolve requirements/lock.txt from pyproject.toml"
 	@echo "make flow       the same pipeline as a Prefect flow run (temporary local server)"

@@ -254,7 +254,10 @@ def rehearse(work: Path, arch: str, profile: str, cut: str, link: str, log: Path
     done = {r["stage"]: r for r in json.loads(partial.read_text()) if r["rc"] == 0} \
         if resume and partial.is_file() else {}
     make_workspace(REPO, work, fresh=not resume)
-    env = dict(os.environ, PYTHONPATH=str(work), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+    # The stages call `puma` and `dvc`: this interpreter's scripts first on PATH, so that
+    # `.venv/bin/python bench/rehearsal.py` works without an activated venv.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, PATH=path, PYTHONPATH=str(work), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONHASHSEED="0")
     if LINK_TYPES[link]:
         subprocess.run(["dvc", "config", "--local", "cache.type", LINK_TYPES[link]], cwd=work, env=env, check=True)
