@@ -42,6 +42,7 @@ class DataSettings(_Section):
     nli_path: Path = Path("data/nli/nli_for_simcse.csv")
     synth_seed: int = 0
     synth_scale: float = Field(1.0, gt=0)
+    synth_eval_scale: float = Field(1.0, gt=0)
     nli_rows: int = Field(512, ge=8)
     download_images: bool = False
     download_splits: list[Literal["train", "val", "test"]] = ["test"]
@@ -121,9 +122,10 @@ class PretrainSettings(_Section):
 
     steps: int = Field(0, ge=0)  # 0: off, the base passes through unchanged (the default until measured)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
     answer_weight: float = Field(4.0, ge=0)  # extra weight on the word after [RET]
     head_init: Literal["zero", "embeddings", "random"] = "zero"  # lm_head before pretraining (puma.train.pretrain)
+    schedule: Literal["constant", "linear"] = "constant"  # after a 5% warm-up: constant, or linear decay to 0
     seed: int = 0
 
 

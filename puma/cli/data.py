@@ -32,7 +32,7 @@ def synth(
 
     s = _settings(params).data
     root = synth_mbeir(out or s.root, seed=s.synth_seed if seed is None else seed,
-                       scale=s.synth_scale if scale is None else scale)
+                       scale=s.synth_scale if scale is None else scale, eval_scale=s.synth_eval_scale)
     typer.echo(f"wrote MBEIR-mini to {root}")
 
 
@@ -143,7 +143,7 @@ def prepare_cmd(
         elif spec is not None:
             spec.download(target, typer.echo)
         elif s.source == "synth":
-            synth_mbeir(target, seed=s.synth_seed, scale=s.synth_scale)
+            synth_mbeir(target, seed=s.synth_seed, scale=s.synth_scale, eval_scale=s.synth_eval_scale)
         else:
             download_mbeir(target, s.download_splits, s.download_images, log=typer.echo)
     except DownloadError as e:

@@ -97,7 +97,7 @@ def pretrain(
     pairs = load_pairs(data or settings.data.root, cfg.seed)
     record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
                            lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
-                           ret_token=settings.model.ret_token, log=typer.echo)
+                           schedule=cfg.schedule, ret_token=settings.model.ret_token, log=typer.echo)
     typer.echo(f"pretrained {base} for {record['steps']} steps ({record['seconds']} s, final loss "
                f"{record['final_loss']}) -> {out}")
 

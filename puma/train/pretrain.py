@@ -223,7 +223,8 @@ def load_pairs(root: str | Path, seed: int) -> list[dict]:
 
 def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
-    answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero", log=None,
+    answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
+    schedule: str = "constant", log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``."""
     from transformers import Qwen2VLForConditionalGeneration
@@ -258,9 +259,13 @@ def pretrain_base(
     rng = random.Random(seed)
     targets_of = AnswerTargets(processor.tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    if schedule not in ("constant", "linear"):
+        raise ValueError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
     warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm)))
+    # Constant after the warm-up by default: the [RET] states leave their early collapse only after several
+    # hundred steps (issue 14, docs/results/zero_shot.md); a decaying rate stalls them inside it.
+    decay = (lambda s: max(0.0, (steps - s) / max(1, steps - warm))) if schedule == "linear" else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * decay(s))
     log_rows, start, cursor = [], time.perf_counter(), 0
     for step in range(steps):
         chunk = [examples[(cursor + i) % len(examples)] for i in range(batch_size)]
@@ -302,7 +307,7 @@ def pretrain_base(
                 f"image {terms_sum.get('loss_answer_image', float('nan')):.3f})")
     model.eval()
     record = {"steps": steps, "batch_size": batch_size, "lr": lr, "answer_weight": answer_weight,
-              "head_init": head_init, "seed": seed,
+              "head_init": head_init, "schedule": schedule, "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
               "seconds": round(time.perf_counter() - start, 1)}
     model.config.puma = {**(getattr(model.config, "puma", None) or {}), "pretrain": record}

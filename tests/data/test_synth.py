@@ -125,3 +125,19 @@ def test_nli_is_deterministic_and_shaped_like_simcse(tmp_path, nli_mini):
         assert s0 != s1 and s0 != neg
         assert colours(s1) == colours(s0)  # the same scene or entity (emblem and frame colours), another form
         assert abs(len(neg.split()) - len(s0.split())) <= 5  # the negative: sent0's form about a neighbour
+
+
+def test_eval_scale_grows_test_queries_and_pools_only(tmp_path):
+    """``eval_scale`` (data.synth_eval_scale) multiplies the test queries and the distractors, not train or val:
+    narrower confidence intervals without a longer training."""
+    import json as _json
+
+    from puma.data.synth import MANIFEST, synth_mbeir
+
+    small = _json.loads((synth_mbeir(tmp_path / "a", seed=0, scale=0.1) / MANIFEST).read_text())
+    big = _json.loads((synth_mbeir(tmp_path / "b", seed=0, scale=0.1, eval_scale=3.0) / MANIFEST).read_text())
+    assert big["eval_scale"] == 3.0 and small["eval_scale"] == 1.0
+    assert big["queries"]["train"] == small["queries"]["train"] and big["queries"]["val"] == small["queries"]["val"]
+    assert big["global_pool"]["train"] == small["global_pool"]["train"]
+    assert big["queries"]["test"] >= 2.5 * small["queries"]["test"]
+    assert big["global_pool"]["test"] >= 2 * small["global_pool"]["test"]
