@@ -120,7 +120,7 @@ class Stage1Settings(_StageSettings):
 class PretrainSettings(_Section):
     """The embedded tiny base's pretraining (puma.train.pretrain); nothing runs for a hub base."""
 
-    steps: int = Field(0, ge=0)  # 0: off, the base passes through unchanged (the default until measured)
+    steps: int = Field(1000, ge=0)  # 0: off, the base passes through unchanged
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-3, gt=0)
     answer_weight: float = Field(4.0, ge=0)  # extra weight on the word after [RET]

@@ -167,7 +167,7 @@ def lm_labels(batch) -> torch.Tensor:
     return labels
 
 
-def pretrain_loss(model, batch, answer_weight: float, targets: list | None = None
+def pretrain_loss(model, batch, answer_weight: float, targets: list | None = None, kinds: list[str] | None = None
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean next-token loss over the text tokens + ``answer_weight`` x the answer loss at ``[RET]``.
 
@@ -178,7 +178,9 @@ def pretrain_loss(model, batch, answer_weight: float, targets: list | None = Non
     so no input-independent state lowers it: the state must say which colour, shape, name... the input
     has. (Over the whole vocabulary, the marginal "some colour, some shape" is a constant state that
     lowers the loss from 7.6 to 2.4 at once: the pretrained states collapsed onto it, cosine 0.999.)
-    Without ``targets``: the full-vocabulary loss of the word written after ``[RET]``.
+    Without ``targets``: the full-vocabulary loss of the word written after ``[RET]``. ``kinds`` (one label
+    per row, e.g. "text" / "image"): the terms also get ``loss_answer_<kind>`` (the answer loss over those
+    rows' words) and ``words_<kind>`` (their count), for logging.
     """
     import torch.nn.functional as F
 
@@ -196,12 +198,18 @@ def pretrain_loss(model, batch, answer_weight: float, targets: list | None = Non
     if targets is None:
         answer = F.cross_entropy(at_ret, batch["input_ids"][rows, pos + 1])
     else:
-        terms = []
+        terms, by_kind = [], {}
         for row, answers in enumerate(targets):
             for tok, cls in answers:
                 logits_row = at_ret[row] if cls is None else at_ret[row, cls.to(at_ret.device)]
                 terms.append(torch.logsumexp(logits_row, 0) - at_ret[row, tok])
+                if kinds is not None:
+                    by_kind.setdefault(kinds[row], []).append(terms[-1].item())
         answer = torch.stack(terms).mean()
+        logged = {"loss_lm": lm.item(), "loss_answer": answer.item()}
+        for kind, values in by_kind.items():
+            logged[f"loss_answer_{kind}"], logged[f"words_{kind}"] = sum(values) / len(values), len(values)
+        return lm + answer_weight * answer, logged
     return lm + answer_weight * answer, {"loss_lm": lm.item(), "loss_answer": answer.item()}
 
 
@@ -275,25 +283,27 @@ def pretrain_base(
         opt.zero_grad()
         total = 0.0
         kind_sum: dict[str, list[float]] = {}
-        # Queries and documents render differently (instruction), and text-only rows need no image padding:
-        # one collate call per (query/document, text/image) group; the answer loss is logged per input kind
-        # (text answers can be copied from the input, image answers must be read from the pixels).
-        for is_query, kind in ((True, "text"), (True, "image"), (False, "text"), (False, "image")):
-            part = [(item, words) for item, q, words in chunk
-                    if q == is_query and _has_image(item) == (kind == "image")]
+        # Queries and documents render differently (instruction): one collate call per kind. The answer loss
+        # is logged per input kind (text answers can be copied from the input, image answers must be read
+        # from the pixels).
+        for is_query in (True, False):
+            part = [(item, words) for item, q, words in chunk if q == is_query]
             if not part:
                 continue
             batch = collate(processor, [it for it, _ in part], is_query, prompt, ret_token,
                             answers=[rng.choice(words) for _, words in part])
             targets = [targets_of(words) for _, words in part]
-            loss, terms = pretrain_loss(model, batch, answer_weight, targets)
+            kinds = ["image" if _has_image(it) else "text" for it, _ in part]
+            loss, terms = pretrain_loss(model, batch, answer_weight, targets, kinds)
             (loss * len(part) / batch_size).backward()
             total += loss.item() * len(part) / batch_size
-            for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + v * len(part) / batch_size
-            acc = kind_sum.setdefault(f"loss_answer_{kind}", [0.0, 0])
-            acc[0] += terms["loss_answer"] * len(part)
-            acc[1] += len(part)
+            for k in ("loss_lm", "loss_answer"):
+                terms_sum[k] = terms_sum.get(k, 0.0) + terms[k] * len(part) / batch_size
+            for kind in ("text", "image"):
+                if f"words_{kind}" in terms:
+                    acc = kind_sum.setdefault(f"loss_answer_{kind}", [0.0, 0])
+                    acc[0] += terms[f"loss_answer_{kind}"] * terms[f"words_{kind}"]
+                    acc[1] += terms[f"words_{kind}"]
         terms_sum.update({k: v / n for k, (v, n) in kind_sum.items()})
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
