@@ -198,17 +198,19 @@ def pretrain_loss(model, batch, answer_weight: float, targets: list | None = Non
     if targets is None:
         answer = F.cross_entropy(at_ret, batch["input_ids"][rows, pos + 1])
     else:
-        terms, by_kind = [], {}
+        terms, term_kinds = [], []
         for row, answers in enumerate(targets):
             for tok, cls in answers:
                 logits_row = at_ret[row] if cls is None else at_ret[row, cls.to(at_ret.device)]
                 terms.append(torch.logsumexp(logits_row, 0) - at_ret[row, tok])
-                if kinds is not None:
-                    by_kind.setdefault(kinds[row], []).append(terms[-1].item())
-        answer = torch.stack(terms).mean()
+                term_kinds.append(None if kinds is None else kinds[row])
+        stacked = torch.stack(terms)
+        answer = stacked.mean()
         logged = {"loss_lm": lm.item(), "loss_answer": answer.item()}
-        for kind, values in by_kind.items():
-            logged[f"loss_answer_{kind}"], logged[f"words_{kind}"] = sum(values) / len(values), len(values)
+        values = stacked.detach().tolist()
+        for kind in dict.fromkeys(k for k in term_kinds if k is not None):
+            mine = [v for v, k in zip(values, term_kinds) if k == kind]
+            logged[f"loss_answer_{kind}"], logged[f"words_{kind}"] = sum(mine) / len(mine), len(mine)
         return lm + answer_weight * answer, logged
     return lm + answer_weight * answer, {"loss_lm": lm.item(), "loss_answer": answer.item()}
 

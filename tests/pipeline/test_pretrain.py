@@ -137,3 +137,29 @@ def test_pretrain_steps_zero_passes_the_base_through(tiny_dir, tmp_path):
     names = sorted(p.name for p in Path(tiny_dir).iterdir() if p.is_file())
     assert sorted(p.name for p in (tmp_path / "pt").iterdir()) == names
     assert all((tmp_path / "pt" / n).read_bytes() == (Path(tiny_dir) / n).read_bytes() for n in names)
+
+
+def test_answer_loss_is_logged_per_input_kind(tiny_dir, tmp_path):
+    """pretrain_loss with ``kinds``: the per-kind answer losses are the word-weighted parts of the one
+    answer loss it trains on (the loss itself does not change)."""
+    from PIL import Image
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.encoding import collate
+    from puma.model.processor import load_processor
+    from puma.train.pretrain import AnswerTargets, pretrain_loss
+
+    proc = load_processor(tiny_dir)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    Image.new("RGB", (84, 84), (200, 30, 30)).save(tmp_path / "red.jpg")
+    items = [{"text": "a red circle"}, {"image": str(tmp_path / "red.jpg")}, {"text": "a small blue star"}]
+    words = [["red", "circle"], ["red"], ["small", "blue", "star"]]
+    batch = collate(proc, items, False, PromptSettings(), answers=[w[0] for w in words])
+    targets = [AnswerTargets(proc.tokenizer)(w) for w in words]
+    with torch.no_grad():
+        plain, terms = pretrain_loss(model, batch, 4.0, targets)
+        split, by_kind = pretrain_loss(model, batch, 4.0, targets, ["text", "image", "text"])
+    assert torch.equal(plain, split) and "loss_answer_text" not in terms
+    assert by_kind["words_text"] == 5 and by_kind["words_image"] == 1
+    mixed = (by_kind["loss_answer_text"] * 5 + by_kind["loss_answer_image"]) / 6
+    assert mixed == pytest.approx(by_kind["loss_answer"], rel=1e-5)
