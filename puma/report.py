@@ -360,7 +360,9 @@ def parse_exp_csv(text: str) -> dict[str, dict[int, dict[str, float]]]:
             continue
         vals = {}
         for key in ABLATION_KEYS:
-            col = next((c for c in rec if c and c.endswith(f"metrics.json:{key}")), None)
+            # DVC names a metric column "<file>:<key>" only when two metrics files share the key; real
+            # `dvc exp show --csv` output (DVC 3.67, one metrics file) has the bare key.
+            col = next((c for c in rec if c and (c == key or c.endswith(f"metrics.json:{key}"))), None)
             if col is not None and rec[col] not in ("", "-", None):
                 try:
                     vals[key] = float(rec[col])

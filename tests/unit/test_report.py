@@ -61,3 +61,12 @@ def test_ablation_table_from_dvc_exp_csv(tmp_path):
     assert (tmp_path / "table5.csv").read_text().count("\n") == 5  # header + 2 rows x 2 keys
     with pytest.raises(ValueError, match="<csv>:2"):
         parse_exp_csv("Experiment,m/metrics.json:local.avg\nx-s0,abc\n".replace("abc", "oops"))
+
+
+def test_parse_exp_csv_reads_bare_metric_columns():
+    """`dvc exp show --csv` with one metrics file (the pipeline's) names the columns by key alone."""
+    from puma.report import parse_exp_csv
+
+    text = "Experiment,rev,local.avg,global.avg,seed\nt5-mac-s1,abc123,17.19,7.03,1\nworkspace,-,,,0\n"
+    assert parse_exp_csv(text) == {"t5-mac": {1: {"local.avg": 17.19, "global.avg": 7.03}}}
+
