@@ -373,6 +373,40 @@ def parse_exp_csv(text: str) -> dict[str, dict[int, dict[str, float]]]:
     return rows
 
 
+# The paper's rows beside each ablation table (its Tables 3 and 5: Qwen2-VL-7B, k = 12, M-BEIR local pools,
+# the Single / Mixed / Multi averages). Figure 5 (the k sweep) is a plot without printed numbers.
+PAPER_ABLATIONS: dict[str, dict[str, dict[str, float]]] = {
+    "table3": {"(Table 3) no distillation, no MAC": {"local.single": 42.5, "local.mixed": 43.6, "local.multi": 61.4},
+               "(Table 3) MAC only": {"local.single": 43.3, "local.mixed": 44.0, "local.multi": 62.3},
+               "(Table 3) distillation only": {"local.single": 43.6, "local.mixed": 44.2, "local.multi": 62.1},
+               "(Table 3) distillation + MAC": {"local.single": 44.2, "local.mixed": 44.7, "local.multi": 62.9}},
+    "table5": {"(Table 5, 90/GPU x 4) w/o MAC": {"local.single": 41.7, "local.mixed": 42.7, "local.multi": 60.5},
+               "(Table 5) w/ reverse MAC": {"local.single": 41.8, "local.mixed": 42.3, "local.multi": 60.7},
+               "(Table 5) w/ MAC": {"local.single": 42.9, "local.mixed": 44.0, "local.multi": 61.3}},
+}
+
+
+def exp_rows(path: str | os.PathLike) -> list[str]:
+    """The row names of an ablation list (ablations/TABLE.exp: ``NAME [-S key=value ...]`` per line, ``#``
+    comments), in file order."""
+    names = []
+    for line in Path(path).read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            names.append(words[0])
+    return names
+
+
+def select_rows(rows: Mapping[str, Mapping[int, Mapping[str, float]]], names: Sequence[str],
+                aliases: Mapping[str, str] | None = None) -> tuple[dict, list[str]]:
+    """The experiments of ``names`` only, in that order (a repository's ``dvc exp show`` lists every table's
+    experiments); ``aliases``: row -> the experiment name it was measured under (the same overrides and
+    seeds, e.g. Table 3's distillation + MAC row is Table 5's MAC row). Returns (rows, names not found)."""
+    aliases = aliases or {}
+    found = {n: rows[aliases.get(n, n)] for n in names if aliases.get(n, n) in rows}
+    return found, [n for n in names if n not in found]
+
+
 def write_ablation(rows: Mapping[str, Mapping[int, Mapping[str, float]]], table: str, out: str | os.PathLike,
                    paper: Mapping[str, Mapping[str, float]] | None = None) -> Path:
     """``OUT/<table>.md`` (mean [95% CI] over seeds per row), ``<table>.csv`` and ``<table>.png`` (if

@@ -249,19 +249,32 @@ def ablation_report(
     table: str = typer.Argument(..., help="table name (ablations/TABLE.exp), e.g. table5"),
     exp_csv: Path = typer.Option(..., "--csv", help="`dvc exp show --csv` output (experiments named NAME-sSEED)"),
     out: Path = typer.Option(Path("reports/ablations"), "--out", help="directory for TABLE.md/.csv/.png"),
+    exp: Path = typer.Option(None, "--exp", help="the table's row list (default: ablations/TABLE.exp)"),
+    alias: list[str] = typer.Option(None, "--alias", help="ROW=EXPERIMENT: a row measured under another name "
+                                    "(the same overrides and seeds), e.g. t3-distill-mac=t5-mac"),
 ) -> None:
-    """Mean and 95% CI over seeds per row of an ablation table (ablations/run.sh calls this)."""
-    from puma.report import parse_exp_csv, write_ablation
+    """Mean and 95% CI over seeds per row of an ablation table (ablations/run.sh calls this), only the rows
+    of the table's list, in its order, with the paper's rows beside them (puma.report.PAPER_ABLATIONS)."""
+    from puma.report import PAPER_ABLATIONS, exp_rows, parse_exp_csv, select_rows, write_ablation
 
     try:
         rows = parse_exp_csv(exp_csv.read_text())
     except ValueError as e:
         typer.echo(f"error: {exp_csv}: {e}", err=True)
         raise typer.Exit(1) from None
+    exp = exp or Path("ablations") / f"{table}.exp"
+    pairs = [a.split("=", 1) for a in alias or []]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        typer.echo(f"error: --alias takes ROW=EXPERIMENT, got {alias}", err=True)
+        raise typer.Exit(2)
+    if exp.is_file():
+        rows, missing = select_rows(rows, exp_rows(exp), dict(pairs))
+        if missing:
+            typer.echo(f"warning: {exp_csv}: no experiments for {', '.join(missing)} (rows of {exp})", err=True)
     if not rows:
         typer.echo(f"error: {exp_csv}: no experiments named NAME-sSEED with metrics", err=True)
         raise typer.Exit(1)
-    typer.echo(f"wrote {write_ablation(rows, table, out)}")
+    typer.echo(f"wrote {write_ablation(rows, table, out, paper=PAPER_ABLATIONS.get(table))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -167,8 +167,8 @@ def lm_labels(batch) -> torch.Tensor:
     return labels
 
 
-def pretrain_loss(model, batch, answer_weight: float, targets: list | None = None, kinds: list[str] | None = None
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+def pretrain_loss(model, batch, answer_weight: float, targets: list | None = None, kinds: list[str] | None = None,
+                  full_logits: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean next-token loss over the text tokens + ``answer_weight`` x the answer loss at ``[RET]``.
 
     ``targets``: per row, the item's answers (:func:`answer_targets`: a token and its class's tokens).
@@ -180,21 +180,35 @@ def pretrain_loss(model, batch, answer_weight: float, targets: list | None = Non
     lowers the loss from 7.6 to 2.4 at once: the pretrained states collapsed onto it, cosine 0.999.)
     Without ``targets``: the full-vocabulary loss of the word written after ``[RET]``. ``kinds`` (one label
     per row, e.g. "text" / "image"): the terms also get ``loss_answer_<kind>`` (the answer loss over those
-    rows' words) and ``words_<kind>`` (their count), for logging.
+    rows' words) and ``words_<kind>`` (their count), for logging. ``full_logits``: the naive path, lm_head over
+    every position ``(B, S, V)`` and an ignore-index cross-entropy (the oracle of the default, which projects
+    only the positions the loss reads; tests and bench/pretrain_step.py).
     """
     import torch.nn.functional as F
 
     from puma.model.encoding import MODEL_INPUTS, mrope_positions
+    from puma.model.prune import qwen2vl_model
 
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    logits = model(**inputs, position_ids=mrope_positions(model, inputs), use_cache=False).logits  # (B, S, V)
     labels = lm_labels(batch)
-    rows = torch.arange(logits.shape[0])
+    rows = torch.arange(labels.shape[0])
     pos = batch["ret_positions"]
     if targets is not None:
         labels[rows, pos + 1] = -100
-    lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-    at_ret = logits[rows, pos]  # (B, V)
+    # lm_head only where the loss reads it (the labelled next-token positions and [RET]), not over the
+    # padding and image tokens too: the (B, S, V) logits, their log-softmax and its gradient were the
+    # largest cost of a step (the same loss: ``full_logits`` is the oracle; bench/pretrain_step.py).
+    positions = mrope_positions(model, inputs)
+    if full_logits:
+        logits = model(**inputs, position_ids=positions, use_cache=False).logits  # (B, S, V)
+        lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        at_ret = logits[rows, pos]
+    else:
+        hidden = qwen2vl_model(model)(**inputs, position_ids=positions, use_cache=False).last_hidden_state
+        head = model.get_output_embeddings()  # on the final-norm states (B, S, H), as the LM's own forward
+        predicts = labels[:, 1:] != -100  # (B, S-1): position s predicts token s+1
+        lm = F.cross_entropy(head(hidden[:, :-1][predicts]), labels[:, 1:][predicts])
+        at_ret = head(hidden[rows, pos])  # (B, V)
     if targets is None:
         answer = F.cross_entropy(at_ret, batch["input_ids"][rows, pos + 1])
     else:
@@ -231,6 +245,25 @@ def load_pairs(root: str | Path, seed: int) -> list[dict]:
     return pairs
 
 
+def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, targets_of: AnswerTargets):
+    """One pretraining step's model batches from ``chunk`` (:func:`pretrain_examples` rows): queries and
+    documents render differently (instruction), so one collated batch per side, each with its rows'
+    answer targets, input kinds ("text" / "image", for logging) and its share of the step's rows (the
+    weight of its mean loss). The word written after ``[RET]`` is drawn from ``rng``."""
+    from puma.model.encoding import collate
+
+    out = []
+    for is_query in (True, False):
+        part = [(item, words) for item, q, words in chunk if q == is_query]
+        if not part:
+            continue
+        batch = collate(processor, [it for it, _ in part], is_query, prompt, ret_token,
+                        answers=[rng.choice(words) for _, words in part])
+        out.append((batch, [targets_of(words) for _, words in part],
+                    ["image" if _has_image(it) else "text" for it, _ in part], len(part) / len(chunk)))
+    return out
+
+
 def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
@@ -240,7 +273,6 @@ def pretrain_base(
     from transformers import Qwen2VLForConditionalGeneration
 
     from puma.io import atomic_dir, write_jsonl_atomic
-    from puma.model.encoding import collate
     from puma.model.processor import load_processor
 
     say = log or (lambda msg: None)
@@ -280,27 +312,18 @@ def pretrain_base(
     for step in range(steps):
         chunk = [examples[(cursor + i) % len(examples)] for i in range(batch_size)]
         cursor += batch_size
-        # Queries and documents render differently (instruction); one collate call per kind.
         terms_sum: dict[str, float] = {}
         opt.zero_grad()
         total = 0.0
         kind_sum: dict[str, list[float]] = {}
-        # Queries and documents render differently (instruction): one collate call per kind. The answer loss
-        # is logged per input kind (text answers can be copied from the input, image answers must be read
-        # from the pixels).
-        for is_query in (True, False):
-            part = [(item, words) for item, q, words in chunk if q == is_query]
-            if not part:
-                continue
-            batch = collate(processor, [it for it, _ in part], is_query, prompt, ret_token,
-                            answers=[rng.choice(words) for _, words in part])
-            targets = [targets_of(words) for _, words in part]
-            kinds = ["image" if _has_image(it) else "text" for it, _ in part]
+        # The answer loss is logged per input kind (text answers can be copied from the input, image answers
+        # must be read from the pixels).
+        for batch, targets, kinds, share in step_batches(processor, chunk, prompt, ret_token, rng, targets_of):
             loss, terms = pretrain_loss(model, batch, answer_weight, targets, kinds)
-            (loss * len(part) / batch_size).backward()
-            total += loss.item() * len(part) / batch_size
+            (loss * share).backward()
+            total += loss.item() * share
             for k in ("loss_lm", "loss_answer"):
-                terms_sum[k] = terms_sum.get(k, 0.0) + terms[k] * len(part) / batch_size
+                terms_sum[k] = terms_sum.get(k, 0.0) + terms[k] * share
             for kind in ("text", "image"):
                 if f"words_{kind}" in terms:
                     acc = kind_sum.setdefault(f"loss_answer_{kind}", [0.0, 0])

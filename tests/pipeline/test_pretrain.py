@@ -163,3 +163,34 @@ def test_answer_loss_is_logged_per_input_kind(tiny_dir, tmp_path):
     assert by_kind["words_text"] == 5 and by_kind["words_image"] == 1
     mixed = (by_kind["loss_answer_text"] * 5 + by_kind["loss_answer_image"]) / 6
     assert mixed == pytest.approx(by_kind["loss_answer"], rel=1e-5)
+
+
+def test_pretrain_loss_matches_the_full_logits_oracle(tiny_dir, tmp_path):
+    """pretrain_loss projects only the labelled positions and [RET] through lm_head: the same loss and the
+    same gradients as the naive full (B, S, V) logits, on a padded batch with an image (masked positions)."""
+    from PIL import Image
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.encoding import collate
+    from puma.model.processor import load_processor
+    from puma.train.pretrain import AnswerTargets, pretrain_loss
+
+    proc = load_processor(tiny_dir)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    torch.nn.init.normal_(model.lm_head.weight, std=0.5)  # a non-trivial head (the built one is near zero)
+    Image.new("RGB", (84, 56), (30, 30, 200)).save(tmp_path / "blue.jpg")
+    items = [{"text": "a red circle"}, {"image": str(tmp_path / "blue.jpg"), "text": "same shape"},
+             {"text": "a much longer sentence about a small blue star on the left of the picture"}]
+    words = [["red", "circle"], ["blue"], ["small", "blue", "star"]]
+    batch = collate(proc, items, True, PromptSettings(), answers=[w[0] for w in words])
+    assert (batch["attention_mask"] == 0).any() and (batch["mm_token_type_ids"] != 0).any()
+    targets = [AnswerTargets(proc.tokenizer)(w) for w in words]
+    fast, _ = pretrain_loss(model, batch, 4.0, targets)
+    fast_grads = torch.autograd.grad(fast, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    naive, _ = pretrain_loss(model, batch, 4.0, targets, full_logits=True)
+    naive_grads = torch.autograd.grad(naive, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    assert fast.item() == pytest.approx(naive.item(), rel=1e-5)
+    for a, b in zip(fast_grads, naive_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=5e-5)  # float32 summation order

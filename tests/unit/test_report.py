@@ -70,3 +70,34 @@ def test_parse_exp_csv_reads_bare_metric_columns():
     text = "Experiment,rev,local.avg,global.avg,seed\nt5-mac-s1,abc123,17.19,7.03,1\nworkspace,-,,,0\n"
     assert parse_exp_csv(text) == {"t5-mac": {1: {"local.avg": 17.19, "global.avg": 7.03}}}
 
+
+
+def test_ablation_report_keeps_the_tables_rows_in_order_with_aliases_and_the_papers(tmp_path):
+    """`puma ablation-report TABLE` reports only the rows of ablations/TABLE.exp (a repository's `dvc exp show`
+    lists every table's experiments), in the file's order; --alias reads a row from the experiment it was
+    measured under; the paper's rows of that table are printed beside them."""
+    from typer.testing import CliRunner
+
+    from puma.cli import app
+    from puma.report import exp_rows, select_rows
+
+    exp = tmp_path / "table3.exp"
+    exp.write_text("# comment\nt3-none   -S stage1.enabled=false  # trailing\n\nt3-distill-mac\nt3-mac -S x=1\n")
+    assert exp_rows(exp) == ["t3-none", "t3-distill-mac", "t3-mac"]
+    csv_text = ("Experiment,rev,local.single,local.avg,global.avg\n"
+                "t3-mac-s0,a,9,12.0,5.0\nt5-mac-s0,b,9,20.0,9.0\nt5-mac-s1,c,9,22.0,10.0\nt5-no-mac-s0,d,9,1.0,1.0\n")
+    rows, missing = select_rows({"t5-mac": {0: {"local.avg": 1.0}}, "t3-mac": {0: {"local.avg": 2.0}}},
+                                exp_rows(exp), {"t3-distill-mac": "t5-mac"})
+    assert list(rows) == ["t3-distill-mac", "t3-mac"] and missing == ["t3-none"]
+    (tmp_path / "exp.csv").write_text(csv_text)
+    res = CliRunner().invoke(app, ["ablation-report", "table3", "--csv", str(tmp_path / "exp.csv"), "--exp", str(exp),
+                                   "--alias", "t3-distill-mac=t5-mac", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "out" / "table3.md").read_text().splitlines()
+    table = [line.split(" | ")[0] for line in md if line.startswith("| t")]
+    assert table == ["| t3-distill-mac", "| t3-mac"]  # file order, t5-no-mac left out
+    assert any(line.startswith("| t3-distill-mac | 2 | 9.0 [9.0, 9.0] | 21.0 [") for line in md)
+    assert any("paper: (Table 3) distillation + MAC" in line and "44.2" in line for line in md)
+    assert "no experiments for t3-none" in res.output
+    bad = CliRunner().invoke(app, ["ablation-report", "table3", "--csv", str(tmp_path / "exp.csv"), "--alias", "x"])
+    assert bad.exit_code == 2

@@ -1,0 +1,81 @@
+"""Pretraining step of the embedded tiny base: lm_head over the read positions only vs over every position.
+
+One step = the two collated batches of ``puma.train.pretrain.step_batches`` (queries, documents) of one
+MBEIR-mini train chunk, each ``pretrain_loss`` + backward (no optimizer step: both sides do identical
+work on identical weights). The default projects only the labelled next-token positions and ``[RET]``
+through ``lm_head``; ``full_logits=True`` is the naive path (``(B, S, V)`` logits, ignore-index
+cross-entropy), the oracle of tests/pipeline/test_pretrain.py. Interleaved round by round in one process
+(``bench.harness.interleaved``); the per-round ratio naive / default is reported.
+
+    python bench/pretrain_step.py        # prints the section as JSON and the ratio
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python bench/pretrain_step.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench.harness import interleaved, paired_ratio, stats
+
+
+def run(settings=None, repeats: int = 7) -> dict[str, Any]:
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.config import load_settings
+    from puma.data.corpus import tokenizer_corpus
+    from puma.data.synth import synth_mbeir
+    from puma.model.processor import load_processor
+    from puma.model.tiny import save_tiny
+    from puma.train.pretrain import AnswerTargets, load_pairs, pretrain_examples, pretrain_loss, step_batches
+
+    settings = load_settings() if settings is None else settings
+    cfg = settings.pretrain
+    torch.set_num_threads(1)  # shared cores: one thread keeps both sides equally exposed to load
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = save_tiny(tmp / "base", seed=settings.model.tiny_seed, num_layers=settings.model.depth,
+                          corpus=tokenizer_corpus(settings.model.tiny_seed))
+        root = synth_mbeir(tmp / "mbeir", seed=settings.data.synth_seed, scale=0.25)
+        examples = pretrain_examples(load_pairs(root, cfg.seed), cfg.seed)
+        processor = load_processor(base, settings.prompt.min_pixels, settings.prompt.max_pixels)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(base, torch_dtype=torch.float32).train()
+        torch.nn.init.normal_(model.lm_head.weight, std=0.02)
+        parts = step_batches(processor, examples[:cfg.batch_size], settings.prompt, settings.model.ret_token,
+                             random.Random(0), AnswerTargets(processor.tokenizer))
+
+        def step(full: bool) -> None:
+            for batch, targets, kinds, share in parts:
+                loss, _ = pretrain_loss(model, batch, cfg.answer_weight, targets, kinds, full_logits=full)
+                (loss * share).backward()
+            model.zero_grad(set_to_none=True)
+
+        times = interleaved({"full logits": lambda: step(True), "read positions": lambda: step(False)},
+                            repeats=repeats, warmup=1)
+        seq = [int(b["input_ids"].shape[1]) for b, *_ in parts]
+        rows = sum(int(b["input_ids"].shape[0]) for b, *_ in parts)
+        read = sum(int((b["attention_mask"][:, 1:] * (b["mm_token_type_ids"][:, 1:] == 0)).sum()) for b, *_ in parts)
+    ratio = paired_ratio(times["full logits"], times["read positions"])
+    row = {"model": f"tiny Qwen2-VL, {settings.model.depth} layers, vocab {model.config.text_config.vocab_size}",
+           "batch": f"{rows} rows (queries + documents)", "seq": "/".join(map(str, seq)),
+           "positions read / all": f"{read} / {sum(seq[i] * int(parts[i][0]['input_ids'].shape[0]) for i in range(len(parts)))}",
+           "full-logits step s": stats(times["full logits"]), "read-positions step s": stats(times["read positions"]),
+           "full / read": ratio}
+    return {"title": "Pretraining step: lm_head over read positions vs every position",
+            "meta": {"threads": 1, "dtype": "float32"}, "rows": [row],
+            "notes": [("Same two collated batches on both sides (MBEIR-mini train rows, images included); a step is "
+                       "pretrain_loss + backward per batch, no optimizer step. The loss is the same (oracle test).")]}
+
+
+if __name__ == "__main__":
+    section = run()
+    print(json.dumps(section, indent=1))
+    print(f"pretraining step, full logits / read positions: {section['rows'][0]['full / read']['median']:.2f}x")
