@@ -21,6 +21,24 @@ def text_pairs(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def entity_pairs(n: int, seed: int = 0, held_out: bool = False) -> list[dict]:
+    """Knowledge pairs: an entity's name alone -> a description of it without the name ("Aldermoor" -> "a red
+    star, dotted"): the query and its positive share no word, so matching them takes what a model learnt
+    about the name (MBEIR-mini's entity names, one token each in the tiny tokenizer). ``held_out``: the same
+    entities described in another phrasing ("one dotted star coloured red")."""
+    from puma.data import vocab
+
+    r = random.Random(seed)
+    names = list(dict.fromkeys(e.split()[0] for e in vocab.ENTITIES))
+    r.shuffle(names)
+    out = []
+    for name in names[:n]:
+        c, s, t = r.choice(vocab.COLORS), r.choice(vocab.SHAPES), r.choice(vocab.TEXTURES)
+        text = f"one {t} {s} coloured {c}" if held_out else f"a {c} {s}, {t}"
+        out.append({"query": {"text": name}, "positive": {"text": text}})
+    return out
+
+
 def image_pairs(n: int, root: Path, seed: int = 0) -> list[dict]:
     """M-BEIR-like pairs of three modalities: text -> image, image -> text, (image, text) -> image."""
     from PIL import Image, ImageDraw
