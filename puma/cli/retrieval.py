@@ -247,7 +247,8 @@ def report(
 
 def ablation_report(
     table: str = typer.Argument(..., help="table name (ablations/TABLE.exp), e.g. table5"),
-    exp_csv: Path = typer.Option(..., "--csv", help="`dvc exp show --csv` output (experiments named NAME-sSEED)"),
+    exp_csv: list[Path] = typer.Option(..., "--csv", help="`dvc exp show --csv` output (experiments named "
+                                       "NAME-sSEED); repeat it for experiments of several repositories"),
     out: Path = typer.Option(Path("reports/ablations"), "--out", help="directory for TABLE.md/.csv/.png"),
     exp: Path = typer.Option(None, "--exp", help="the table's row list (default: ablations/TABLE.exp)"),
     alias: list[str] = typer.Option(None, "--alias", help="ROW=EXPERIMENT: a row measured under another name "
@@ -257,11 +258,15 @@ def ablation_report(
     of the table's list, in its order, with the paper's rows beside them (puma.report.PAPER_ABLATIONS)."""
     from puma.report import PAPER_ABLATIONS, exp_rows, parse_exp_csv, select_rows, write_ablation
 
-    try:
-        rows = parse_exp_csv(exp_csv.read_text())
-    except ValueError as e:
-        typer.echo(f"error: {exp_csv}: {e}", err=True)
-        raise typer.Exit(1) from None
+    rows: dict = {}
+    for path in exp_csv:
+        try:
+            for name, seeds in parse_exp_csv(path.read_text()).items():
+                rows.setdefault(name, {}).update(seeds)
+        except ValueError as e:
+            typer.echo(f"error: {path}: {e}", err=True)
+            raise typer.Exit(1) from None
+    where = ", ".join(map(str, exp_csv))
     exp = exp or Path("ablations") / f"{table}.exp"
     pairs = [a.split("=", 1) for a in alias or []]
     if any(len(p) != 2 or not all(p) for p in pairs):
@@ -270,9 +275,9 @@ def ablation_report(
     if exp.is_file():
         rows, missing = select_rows(rows, exp_rows(exp), dict(pairs))
         if missing:
-            typer.echo(f"warning: {exp_csv}: no experiments for {', '.join(missing)} (rows of {exp})", err=True)
+            typer.echo(f"warning: {where}: no experiments for {', '.join(missing)} (rows of {exp})", err=True)
     if not rows:
-        typer.echo(f"error: {exp_csv}: no experiments named NAME-sSEED with metrics", err=True)
+        typer.echo(f"error: {where}: no experiments named NAME-sSEED with metrics", err=True)
         raise typer.Exit(1)
     typer.echo(f"wrote {write_ablation(rows, table, out, paper=PAPER_ABLATIONS.get(table))}")
 

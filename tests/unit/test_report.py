@@ -90,13 +90,15 @@ def test_ablation_report_keeps_the_tables_rows_in_order_with_aliases_and_the_pap
                                 exp_rows(exp), {"t3-distill-mac": "t5-mac"})
     assert list(rows) == ["t3-distill-mac", "t3-mac"] and missing == ["t3-none"]
     (tmp_path / "exp.csv").write_text(csv_text)
-    res = CliRunner().invoke(app, ["ablation-report", "table3", "--csv", str(tmp_path / "exp.csv"), "--exp", str(exp),
+    (tmp_path / "other.csv").write_text("Experiment,global.avg,local.avg\nt5-mac-s2,11.0,24.0\n")  # another clone's
+    res = CliRunner().invoke(app, ["ablation-report", "table3", "--csv", str(tmp_path / "exp.csv"),
+                                   "--csv", str(tmp_path / "other.csv"), "--exp", str(exp),
                                    "--alias", "t3-distill-mac=t5-mac", "--out", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
     md = (tmp_path / "out" / "table3.md").read_text().splitlines()
     table = [line.split(" | ")[0] for line in md if line.startswith("| t")]
     assert table == ["| t3-distill-mac", "| t3-mac"]  # file order, t5-no-mac left out
-    assert any(line.startswith("| t3-distill-mac | 2 | 9.0 [9.0, 9.0] | 21.0 [") for line in md)
+    assert any(line.startswith("| t3-distill-mac | 3 | 9.0 [9.0, 9.0] | 22.0 [") for line in md)
     assert any("paper: (Table 3) distillation + MAC" in line and "44.2" in line for line in md)
     assert "no experiments for t3-none" in res.output
     bad = CliRunner().invoke(app, ["ablation-report", "table3", "--csv", str(tmp_path / "exp.csv"), "--alias", "x"])
