@@ -386,15 +386,19 @@ PAPER_ABLATIONS: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
-def exp_rows(path: str | os.PathLike) -> list[str]:
-    """The row names of an ablation list (ablations/TABLE.exp: ``NAME [-S key=value ...]`` per line, ``#``
-    comments), in file order."""
-    names = []
-    for line in Path(path).read_text().splitlines():
+def exp_rows(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """The rows of an ablation list (ablations/TABLE.exp: ``NAME [-S key=value ...]`` per line, ``#``
+    comments), in file order: name -> its overrides (key -> value as written)."""
+    rows: dict[str, dict[str, str]] = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
         words = line.split("#", 1)[0].split()
-        if words:
-            names.append(words[0])
-    return names
+        if not words:
+            continue
+        sets = words[1:]
+        if len(sets) % 2 or any(flag != "-S" or "=" not in kv for flag, kv in zip(sets[::2], sets[1::2])):
+            raise ValueError(f"{path}:{n}: expected NAME followed by '-S key=value' pairs")
+        rows[words[0]] = dict(kv.split("=", 1) for kv in sets[1::2])
+    return rows
 
 
 def select_rows(rows: Mapping[str, Mapping[int, Mapping[str, float]]], names: Sequence[str],
@@ -408,9 +412,12 @@ def select_rows(rows: Mapping[str, Mapping[int, Mapping[str, float]]], names: Se
 
 
 def write_ablation(rows: Mapping[str, Mapping[int, Mapping[str, float]]], table: str, out: str | os.PathLike,
-                   paper: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+                   paper: Mapping[str, Mapping[str, float]] | None = None,
+                   x: Mapping[str, float] | None = None, x_label: str = "") -> Path:
     """``OUT/<table>.md`` (mean [95% CI] over seeds per row), ``<table>.csv`` and ``<table>.png`` (if
-    matplotlib is installed). ``paper``: the paper's rows to print beside them (row -> key -> value)."""
+    matplotlib is installed). ``paper``: the paper's rows to print beside them (row -> key -> value).
+    ``x`` (row -> a number, e.g. the kept layers k of Figure 5): the plot is local and global avg against it,
+    a line with the intervals as error bars, instead of one bar per row."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = [k for k in ABLATION_KEYS if any(k in v for seeds in rows.values() for v in seeds.values())]
@@ -433,6 +440,9 @@ def write_ablation(rows: Mapping[str, Mapping[int, Mapping[str, float]]], table:
         import matplotlib.pyplot as plt
     except ImportError:
         return out / f"{table}.md"
+    if x:
+        _plot_against(plt, summary, keys, x, x_label, out / f"{table}.png")
+        return out / f"{table}.md"
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.5 * len(summary)))
     names = list(summary)
     for j, pool in enumerate(("local", "global")):
@@ -449,3 +459,24 @@ def write_ablation(rows: Mapping[str, Mapping[int, Mapping[str, float]]], table:
     atomic_write(out / f"{table}.png", lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
     plt.close(fig)
     return out / f"{table}.md"
+
+
+def _plot_against(plt, summary: Mapping[str, Mapping[str, Mapping[str, float]]], keys: Sequence[str],
+                  x: Mapping[str, float], x_label: str, path: Path) -> None:
+    """Local and global avg (mean, 95% interval over seeds) against ``x`` per row, rows sorted by x."""
+    names = sorted((n for n in summary if n in x), key=lambda n: x[n])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for pool in ("local", "global"):
+        key = f"{pool}.avg"
+        if key not in keys:
+            continue
+        s = [summary[n][key] for n in names]
+        ax.errorbar([x[n] for n in names], [v["mean"] for v in s], capsize=3, marker="o", label=pool,
+                    yerr=[[v["mean"] - v["low"] for v in s], [v["high"] - v["mean"] for v in s]])
+    ax.set_xlabel(x_label or "x")
+    ax.set_ylabel("Recall avg (%)")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    plt.close(fig)
+

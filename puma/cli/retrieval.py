@@ -253,6 +253,8 @@ def ablation_report(
     exp: Path = typer.Option(None, "--exp", help="the table's row list (default: ablations/TABLE.exp)"),
     alias: list[str] = typer.Option(None, "--alias", help="ROW=EXPERIMENT: a row measured under another name "
                                     "(the same overrides and seeds), e.g. t3-distill-mac=t5-mac"),
+    x: str = typer.Option(None, "--x", help="an override key of the list (e.g. model.prune_layers): plot the "
+                          "averages against its value per row (default: the one key every row sets, if any)"),
 ) -> None:
     """Mean and 95% CI over seeds per row of an ablation table (ablations/run.sh calls this), only the rows
     of the table's list, in its order, with the paper's rows beside them (puma.report.PAPER_ABLATIONS)."""
@@ -272,14 +274,36 @@ def ablation_report(
     if any(len(p) != 2 or not all(p) for p in pairs):
         typer.echo(f"error: --alias takes ROW=EXPERIMENT, got {alias}", err=True)
         raise typer.Exit(2)
+    against = None
     if exp.is_file():
-        rows, missing = select_rows(rows, exp_rows(exp), dict(pairs))
+        try:
+            listed = exp_rows(exp)
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        rows, missing = select_rows(rows, list(listed), dict(pairs))
+        keys = {k for sets in listed.values() for k in sets}
+        if x is None and len(keys) == 1 and all(len(sets) == 1 for sets in listed.values()):
+            x = next(iter(keys))  # every row sets one key (Figure 5: model.prune_layers): plot against it
+            try:
+                [float(sets[x]) for sets in listed.values()]
+            except ValueError:
+                x = None
+        if x:
+            try:
+                against = {n: float(sets[x]) for n, sets in listed.items() if x in sets and n in rows}
+            except ValueError as e:
+                typer.echo(f"error: {exp}: {x} is not a number in every row ({e})", err=True)
+                raise typer.Exit(2) from None
         if missing:
             typer.echo(f"warning: {where}: no experiments for {', '.join(missing)} (rows of {exp})", err=True)
     if not rows:
         typer.echo(f"error: {where}: no experiments named NAME-sSEED with metrics", err=True)
         raise typer.Exit(1)
-    typer.echo(f"wrote {write_ablation(rows, table, out, paper=PAPER_ABLATIONS.get(table))}")
+    if x and not against:
+        typer.echo(f"error: no row of {exp} sets {x}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"wrote {write_ablation(rows, table, out, paper=PAPER_ABLATIONS.get(table), x=against, x_label=x or '')}")
 
 
 def register(app: typer.Typer) -> None:

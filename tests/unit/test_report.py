@@ -1,5 +1,7 @@
 """Report helpers that need no evaluation run: the k phrase and the summary-key order."""
 
+import pytest
+
 from puma.config import EvaluateSettings
 from puma.data.columns import TABLE1_COLUMNS
 from puma.metrics import SUMMARY_KEYS
@@ -44,8 +46,6 @@ def test_seed_summary_is_the_t_interval():
 
 
 def test_ablation_table_from_dvc_exp_csv(tmp_path):
-    import pytest
-
     from puma.report import parse_exp_csv, write_ablation
 
     text = ("Experiment,rev,artifacts/eval/metrics.json:local.avg,artifacts/eval/metrics.json:global.avg,seed\n"
@@ -83,11 +83,11 @@ def test_ablation_report_keeps_the_tables_rows_in_order_with_aliases_and_the_pap
 
     exp = tmp_path / "table3.exp"
     exp.write_text("# comment\nt3-none   -S stage1.enabled=false  # trailing\n\nt3-distill-mac\nt3-mac -S x=1\n")
-    assert exp_rows(exp) == ["t3-none", "t3-distill-mac", "t3-mac"]
+    assert exp_rows(exp) == {"t3-none": {"stage1.enabled": "false"}, "t3-distill-mac": {}, "t3-mac": {"x": "1"}}
     csv_text = ("Experiment,rev,local.single,local.avg,global.avg\n"
                 "t3-mac-s0,a,9,12.0,5.0\nt5-mac-s0,b,9,20.0,9.0\nt5-mac-s1,c,9,22.0,10.0\nt5-no-mac-s0,d,9,1.0,1.0\n")
     rows, missing = select_rows({"t5-mac": {0: {"local.avg": 1.0}}, "t3-mac": {0: {"local.avg": 2.0}}},
-                                exp_rows(exp), {"t3-distill-mac": "t5-mac"})
+                                list(exp_rows(exp)), {"t3-distill-mac": "t5-mac"})
     assert list(rows) == ["t3-distill-mac", "t3-mac"] and missing == ["t3-none"]
     (tmp_path / "exp.csv").write_text(csv_text)
     (tmp_path / "other.csv").write_text("Experiment,global.avg,local.avg\nt5-mac-s2,11.0,24.0\n")  # another clone's
@@ -103,3 +103,28 @@ def test_ablation_report_keeps_the_tables_rows_in_order_with_aliases_and_the_pap
     assert "no experiments for t3-none" in res.output
     bad = CliRunner().invoke(app, ["ablation-report", "table3", "--csv", str(tmp_path / "exp.csv"), "--alias", "x"])
     assert bad.exit_code == 2
+    (tmp_path / "bad.exp").write_text("row -S a=1\nrow2 a=1\n")
+    with pytest.raises(ValueError, match="bad.exp:2"):
+        exp_rows(tmp_path / "bad.exp")
+
+
+def test_ablation_report_plots_against_an_override(tmp_path, monkeypatch):
+    """--x KEY: the rows' values of that override are the plot's x (Figure 5: Recall against k)."""
+    pytest.importorskip("matplotlib")
+    from typer.testing import CliRunner
+
+    from puma.cli import app
+
+    exp = tmp_path / "fig5-k.exp"
+    exp.write_text("k2 -S model.prune_layers=2\nk8 -S model.prune_layers=8\n")
+    (tmp_path / "exp.csv").write_text("Experiment,local.avg,global.avg\nk2-s0,10,4\nk2-s1,12,5\nk8-s0,18,9\n")
+    args = ["ablation-report", "fig5-k", "--csv", str(tmp_path / "exp.csv"), "--exp", str(exp), "--out", str(tmp_path)]
+    res = CliRunner().invoke(app, [*args, "--x", "model.prune_layers"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "fig5-k.png").read_bytes()[:4] == b"\x89PNG"
+    calls = []
+    monkeypatch.setattr("puma.report._plot_against", lambda *a: calls.append(a[3]))
+    assert CliRunner().invoke(app, args).exit_code == 0  # every row sets one key: plotted against it by default
+    assert calls == [{"k2": 2.0, "k8": 8.0}]
+    assert CliRunner().invoke(app, [*args, "--x", "mac.lambda"]).exit_code == 2  # no row sets it
+
