@@ -356,8 +356,8 @@ def parse_exp_csv(text: str) -> dict[str, dict[int, dict[str, float]]]:
     reader = csv.DictReader(io.StringIO(text))
     for line, rec in enumerate(reader, start=2):
         m = re.fullmatch(r"(.+)-s(\d+)", rec.get("Experiment") or "")
-        if not m:
-            continue
+        if not m or (rec.get("State") or "Success") != "Success":
+            continue  # a running or queued experiment is listed with its baseline's metrics; a failed one has none
         vals = {}
         for key in ABLATION_KEYS:
             # DVC names a metric column "<file>:<key>" only when two metrics files share the key; real

@@ -69,6 +69,10 @@ def test_parse_exp_csv_reads_bare_metric_columns():
 
     text = "Experiment,rev,local.avg,global.avg,seed\nt5-mac-s1,abc123,17.19,7.03,1\nworkspace,-,,,0\n"
     assert parse_exp_csv(text) == {"t5-mac": {1: {"local.avg": 17.19, "global.avg": 7.03}}}
+    # DVC lists a running experiment with its baseline's metrics (State "Running"): not a result yet
+    text = ("Experiment,rev,State,local.avg\nt3-mac-s2,1561e89,Running,17.51\nt3-mac-s1,c040dd9,,16.41\n"
+            "t3-mac-s3,c040dda,Queued,17.51\nt3-mac-s4,c040ddb,Success,15.0\n")
+    assert parse_exp_csv(text) == {"t3-mac": {1: {"local.avg": 16.41}, 4: {"local.avg": 15.0}}}
 
 
 
