@@ -11,7 +11,7 @@
 # `make run`. The result: reports/ablations/TABLE.md (mean and 95% CI over seeds per row), .csv and .png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table=${1:?usage: ablations/run.sh TABLE [--seeds 0,1,2] [--dry] [-S key=value ...]   (TABLE: table3 table4 table5 table10 table12 fig5-k)}
+table=${1:?usage: ablations/run.sh TABLE [--seeds 0,1,2] [--dry] [-S key=value ...]   (TABLE: table3 table4 table5 table10 table12 fig5-k stage1-k2)}
 shift
 file=ablations/$table.exp
 [[ -f $file ]] || { echo "$file: no such experiment list" >&2; exit 2; }
