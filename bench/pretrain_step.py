@@ -35,7 +35,14 @@ def run(settings=None, repeats: int = 7) -> dict[str, Any]:
     from puma.data.synth import synth_mbeir
     from puma.model.processor import load_processor
     from puma.model.tiny import save_tiny
-    from puma.train.pretrain import AnswerTargets, load_pairs, pretrain_examples, pretrain_loss, step_batches
+    from puma.train.pretrain import (
+        AnswerTargets,
+        lm_labels,
+        load_pairs,
+        pretrain_examples,
+        pretrain_loss,
+        step_batches,
+    )
 
     settings = load_settings() if settings is None else settings
     cfg = settings.pretrain
@@ -62,11 +69,12 @@ def run(settings=None, repeats: int = 7) -> dict[str, Any]:
                             repeats=repeats, warmup=1)
         seq = [int(b["input_ids"].shape[1]) for b, *_ in parts]
         rows = sum(int(b["input_ids"].shape[0]) for b, *_ in parts)
-        read = sum(int((b["attention_mask"][:, 1:] * (b["mm_token_type_ids"][:, 1:] == 0)).sum()) for b, *_ in parts)
+        read = sum(int((lm_labels(b)[:, 1:] != -100).sum()) + len(b["input_ids"]) for b, *_ in parts)  # + [RET]
+        total = sum(b["input_ids"].numel() for b, *_ in parts)
     ratio = paired_ratio(times["full logits"], times["read positions"])
     row = {"model": f"tiny Qwen2-VL, {settings.model.depth} layers, vocab {model.config.text_config.vocab_size}",
            "batch": f"{rows} rows (queries + documents)", "seq": "/".join(map(str, seq)),
-           "positions read / all": f"{read} / {sum(seq[i] * int(parts[i][0]['input_ids'].shape[0]) for i in range(len(parts)))}",
+           "positions read / all": f"{read} / {total}",
            "full-logits step s": stats(times["full logits"]), "read-positions step s": stats(times["read positions"]),
            "full / read": ratio}
     return {"title": "Pretraining step: lm_head over read positions vs every position",
