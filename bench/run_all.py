@@ -35,7 +35,7 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("pool_plan", "Memory plan for the global pool", "bench/pool_plan.py"),
     ("search", "faiss exact search vs numpy brute force", "Evaluation (bench/search.py)"),
     ("teacher_cache", "Stage-1 step: cached vs live teacher", "Training (bench/teacher_cache.py)"),
-    ("pretrain_step", "Pretraining step: lm_head over read positions vs all", "Training (bench/pretrain_step.py)"),
+    ("pretrain_step", "Pretraining step: the default loss vs its naive oracle", "Training (bench/pretrain_step.py)"),
     ("embed_pipeline", "puma embed vs raw forward", "Evaluation (bench/embed_pipeline.py)"),
 ]
 BUDGET_S = 15 * 60  # `make bench` must finish within this on 2 CPU cores

@@ -1,4 +1,4 @@
-"""The one cross-process helper: gather embeddings (and modality labels) for in-batch negatives.
+"""The cross-process helpers: gather embeddings (and modality labels) for in-batch negatives, sums over ranks.
 
 Every rank computes the contrastive loss on the *full* gathered batch (Algorithm 1 gathers both
 queries and candidates). Only the local slice keeps its gradient, and that gradient is exactly the
@@ -52,6 +52,47 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     parts = [p[:n] for p, n in zip(parts, sizes)]
     parts[me] = tensor  # the local slice with its gradient
     return torch.cat(parts)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over every rank, in place (a no-op on one process); returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum the parameters' gradients over every rank in one flat all-reduce (a no-op on one process).
+
+    For a data-parallel step whose per-rank losses already add up to the global loss (each normalised by
+    global counts), the summed gradient is the single-process gradient. A gradient missing on a rank (the
+    parameter was not used there: e.g. no image in its rows) counts as zero; a parameter unused on every rank
+    keeps ``grad is None`` (as on one process, so AdamW skips it the same way).
+    """
+    if not is_distributed():
+        return
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+    dist.all_reduce(used, op=dist.ReduceOp.SUM)
+    live = [p for p, u in zip(params, used.tolist()) if u]
+    if not live:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in live:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def same_on_all_ranks(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is bitwise equal on every rank (True on one process)."""
+    if not is_distributed():
+        return True
+    low, high = tensor.clone(), tensor.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return torch.equal(low, high)
 
 
 def launched() -> tuple[int, int, int]:

@@ -74,20 +74,24 @@ def pretrain(
     A base without the tiny model (``artifacts/tiny/NOT_BUILT.json``: a hub base) is pretrained already:
     OUT gets only ``NOT_BUILT.json``.
     """
+    from puma import distributed
     from puma.io import atomic_dir, write_json_atomic
     from puma.train.pretrain import load_pairs, pretrain_base
 
     settings = settings_or_exit(params)
-    if (Path(base) / "NOT_BUILT.json").is_file():
+    cfg = settings.pretrain
+    steps = cfg.steps if steps is None else steps
+    hub_base = (Path(base) / "NOT_BUILT.json").is_file()
+    if (hub_base or steps == 0) and distributed.launched()[0] != 0:
+        return  # nothing to train (launched on several processes): rank 0 writes OUT alone
+    if hub_base:
         with atomic_dir(out) as tmp:
             write_json_atomic(tmp / "NOT_BUILT.json", {"model.base": settings.model.base,
                               "reason": "a hub base is pretrained already"})
         typer.echo(f"{base}: no embedded tiny model; nothing to pretrain ({out}/NOT_BUILT.json)")
         return
-    cfg = settings.pretrain
-    steps = cfg.steps if steps is None else steps
     if steps == 0:
-        # Off (the default): the pipeline's base is the tiny model itself, file for file.
+        # Off: the pipeline's base is the tiny model itself, file for file.
         with atomic_dir(out) as tmp:
             for f in sorted(Path(base).iterdir()):
                 if f.is_file():
@@ -95,11 +99,15 @@ def pretrain(
         typer.echo(f"pretrain.steps is 0: {out} is {base} unchanged")
         return
     pairs = load_pairs(data or settings.data.root, cfg.seed)
-    record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
-                           lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
-                           schedule=cfg.schedule, ret_token=settings.model.ret_token, log=typer.echo)
-    typer.echo(f"pretrained {base} for {record['steps']} steps ({record['seconds']} s, final loss "
-               f"{record['final_loss']}) -> {out}")
+    try:  # under torchrun (runtime.num_processes > 1, flows.launch) every rank trains its slice of each step
+        record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
+                               lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
+                               schedule=cfg.schedule, ret_token=settings.model.ret_token, log=typer.echo)
+        if distributed.rank() == 0:
+            typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "
+                       f"({record['seconds']} s, final loss {record['final_loss']}) -> {out}")
+    finally:
+        distributed.leave_group()
 
 
 @app.command("prune")

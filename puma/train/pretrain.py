@@ -28,6 +28,7 @@ import json
 import random
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,29 +161,49 @@ def answer_targets(tokenizer, words: list[str]) -> list[tuple[int, torch.Tensor 
 
 
 def lm_labels(batch) -> torch.Tensor:
-    """Next-token labels: the input ids with padding and image tokens set to -100 (not predicted)."""
+    """Next-token labels: the input ids with padding and image tokens set to -100 (not predicted), and each
+    row's first token too (left padding: it would be predicted from a padding position, so a row's loss
+    would depend on how much padding its batch gave it; without it the loss of a row is the same in any
+    batch, which data-parallel pretraining needs: :func:`pretrain_base`)."""
     labels = batch["input_ids"].clone()
-    labels[batch["attention_mask"] == 0] = -100
+    mask = batch["attention_mask"]
+    labels[mask == 0] = -100
     labels[batch["mm_token_type_ids"] != 0] = -100
+    labels[:, 1:][mask[:, :-1] == 0] = -100
     return labels
 
 
-def pretrain_loss(model, batch, answer_weight: float, targets: list | None = None, kinds: list[str] | None = None,
-                  full_logits: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean next-token loss over the text tokens + ``answer_weight`` x the answer loss at ``[RET]``.
+@dataclass
+class PretrainTerms:
+    """One batch's pretraining loss as sums and their counts (so that a batch split across ranks adds up to
+    the whole: :func:`pretrain_base` divides by the global counts)."""
+
+    lm_sum: torch.Tensor  # summed next-token cross-entropy over the labelled positions
+    lm_count: int  # labelled positions
+    answer_sum: torch.Tensor  # summed answer loss at [RET] over the rows' words
+    answer_count: int  # answer terms (words; rows without ``targets``)
+    answers: list[tuple[float, str | None]]  # each answer term's value and its row's kind (logging)
+
+    def loss(self, answer_weight: float) -> torch.Tensor:
+        return self.lm_sum / max(1, self.lm_count) + answer_weight * self.answer_sum / max(1, self.answer_count)
+
+
+def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] | None = None,
+                   full_logits: bool = False) -> PretrainTerms:
+    """The summed next-token loss over the text tokens and the summed answer loss at ``[RET]``.
 
     ``targets``: per row, the item's answers (:func:`answer_targets`: a token and its class's tokens).
-    The answer loss is then the mean over the item's words of the next-token cross-entropy at ``[RET]``
-    *within the word's class* (the expected loss of the word drawn after ``[RET]``, lower variance than
-    one sampled word; that position is left out of the LM mean). Within a class the values are balanced,
+    The answer loss of a row is then the sum over the item's words of the next-token cross-entropy at
+    ``[RET]`` *within the word's class* (the expected loss of the word drawn after ``[RET]``, lower variance
+    than one sampled word; that position is left out of the LM sum). Within a class the values are balanced,
     so no input-independent state lowers it: the state must say which colour, shape, name... the input
     has. (Over the whole vocabulary, the marginal "some colour, some shape" is a constant state that
     lowers the loss from 7.6 to 2.4 at once: the pretrained states collapsed onto it, cosine 0.999.)
-    Without ``targets``: the full-vocabulary loss of the word written after ``[RET]``. ``kinds`` (one label
-    per row, e.g. "text" / "image"): the terms also get ``loss_answer_<kind>`` (the answer loss over those
-    rows' words) and ``words_<kind>`` (their count), for logging. ``full_logits``: the naive path, lm_head over
-    every position ``(B, S, V)`` and an ignore-index cross-entropy (the oracle of the default, which projects
-    only the positions the loss reads; tests and bench/pretrain_step.py).
+    Without ``targets``: the full-vocabulary loss of the word written after ``[RET]``, one term per row.
+    ``kinds`` (one label per row, e.g. "text" / "image"): each answer term carries its row's kind, for
+    logging. ``full_logits``: the naive path, lm_head over every position ``(B, S, V)``, an ignore-index
+    cross-entropy and one answer word at a time (the oracle of the default, which projects only the positions
+    the loss reads and takes one logsumexp per word class; tests and bench/pretrain_step.py).
     """
     import torch.nn.functional as F
 
@@ -199,34 +220,68 @@ def pretrain_loss(model, batch, answer_weight: float, targets: list | None = Non
     # padding and image tokens too: the (B, S, V) logits, their log-softmax and its gradient were the
     # largest cost of a step (the same loss: ``full_logits`` is the oracle; bench/pretrain_step.py).
     positions = mrope_positions(model, inputs)
+    predicts = labels[:, 1:] != -100  # (B, S-1): position s predicts token s+1
     if full_logits:
         logits = model(**inputs, position_ids=positions, use_cache=False).logits  # (B, S, V)
-        lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
+                             reduction="sum")
         at_ret = logits[rows, pos]
     else:
         hidden = qwen2vl_model(model)(**inputs, position_ids=positions, use_cache=False).last_hidden_state
         head = model.get_output_embeddings()  # on the final-norm states (B, S, H), as the LM's own forward
-        predicts = labels[:, 1:] != -100  # (B, S-1): position s predicts token s+1
-        lm = F.cross_entropy(head(hidden[:, :-1][predicts]), labels[:, 1:][predicts])
+        lm = F.cross_entropy(head(hidden[:, :-1][predicts]), labels[:, 1:][predicts], reduction="sum")
         at_ret = head(hidden[rows, pos])  # (B, V)
+    lm_count = int(predicts.sum())
     if targets is None:
-        answer = F.cross_entropy(at_ret, batch["input_ids"][rows, pos + 1])
-    else:
-        terms, term_kinds = [], []
-        for row, answers in enumerate(targets):
-            for tok, cls in answers:
-                logits_row = at_ret[row] if cls is None else at_ret[row, cls.to(at_ret.device)]
-                terms.append(torch.logsumexp(logits_row, 0) - at_ret[row, tok])
-                term_kinds.append(None if kinds is None else kinds[row])
-        stacked = torch.stack(terms)
-        answer = stacked.mean()
-        logged = {"loss_lm": lm.item(), "loss_answer": answer.item()}
-        values = stacked.detach().tolist()
-        for kind in dict.fromkeys(k for k in term_kinds if k is not None):
-            mine = [v for v, k in zip(values, term_kinds) if k == kind]
-            logged[f"loss_answer_{kind}"], logged[f"words_{kind}"] = sum(mine) / len(mine), len(mine)
-        return lm + answer_weight * answer, logged
-    return lm + answer_weight * answer, {"loss_lm": lm.item(), "loss_answer": answer.item()}
+        answer = F.cross_entropy(at_ret, batch["input_ids"][rows, pos + 1], reduction="sum")
+        return PretrainTerms(lm, lm_count, answer, len(rows), [])
+    stacked, term_rows = (_answer_terms_naive if full_logits else _answer_terms)(at_ret, targets)
+    term_kinds = [None if kinds is None else kinds[r] for r in term_rows]
+    return PretrainTerms(lm, lm_count, stacked.sum(), len(term_rows), list(zip(stacked.detach().tolist(), term_kinds)))
+
+
+def _answer_terms_naive(at_ret: torch.Tensor, targets: list) -> tuple[torch.Tensor, list[int]]:
+    """Each answer's cross-entropy within its class, one word at a time (the oracle of :func:`_answer_terms`)."""
+    terms, rows = [], []
+    for row, answers in enumerate(targets):
+        for tok, cls in answers:
+            logits_row = at_ret[row] if cls is None else at_ret[row, cls.to(at_ret.device)]
+            terms.append(torch.logsumexp(logits_row, 0) - at_ret[row, tok])
+            rows.append(row)
+    return torch.stack(terms), rows
+
+
+def _answer_terms(at_ret: torch.Tensor, targets: list) -> tuple[torch.Tensor, list[int]]:
+    """:func:`_answer_terms_naive` with one logsumexp per word class (the class tensors are shared by
+    :class:`AnswerTargets`) instead of one per word: a step has ~10 classes and ~300 words. Returns the
+    terms and each term's row, grouped by class."""
+    groups: dict[int, tuple[torch.Tensor | None, list[int], list[int]]] = {}
+    for row, answers in enumerate(targets):
+        for tok, cls in answers:
+            _, rows, toks = groups.setdefault(id(cls), (cls, [], []))
+            rows.append(row)
+            toks.append(tok)
+    terms, all_rows = [], []
+    for cls, rows, toks in groups.values():
+        r = torch.tensor(rows, device=at_ret.device)
+        logits = at_ret[r] if cls is None else at_ret[r][:, cls.to(at_ret.device)]  # (n, V) or (n, |class|)
+        terms.append(torch.logsumexp(logits, 1) - at_ret[r, torch.tensor(toks, device=at_ret.device)])
+        all_rows += rows
+    return torch.cat(terms), all_rows
+
+
+def pretrain_loss(model, batch, answer_weight: float, targets: list | None = None, kinds: list[str] | None = None,
+                  full_logits: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean next-token loss over the text tokens + ``answer_weight`` x the mean answer loss at ``[RET]``
+    (:func:`pretrain_terms`, one batch on one process). The logged terms: ``loss_lm``, ``loss_answer`` and,
+    with ``kinds``, ``loss_answer_<kind>`` (the mean answer loss over those rows' words) and ``words_<kind>``
+    (their count)."""
+    t = pretrain_terms(model, batch, targets, kinds, full_logits)
+    logged = {"loss_lm": t.lm_sum.item() / max(1, t.lm_count), "loss_answer": t.answer_sum.item() / max(1, t.answer_count)}
+    for kind in dict.fromkeys(k for _, k in t.answers if k is not None):
+        mine = [v for v, k in t.answers if k == kind]
+        logged[f"loss_answer_{kind}"], logged[f"words_{kind}"] = sum(mine) / len(mine), len(mine)
+    return t.loss(answer_weight), logged
 
 
 def load_pairs(root: str | Path, seed: int) -> list[dict]:
@@ -245,23 +300,82 @@ def load_pairs(root: str | Path, seed: int) -> list[dict]:
     return pairs
 
 
-def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, targets_of: AnswerTargets):
-    """One pretraining step's model batches from ``chunk`` (:func:`pretrain_examples` rows): queries and
-    documents render differently (instruction), so one collated batch per side, each with its rows'
-    answer targets, input kinds ("text" / "image", for logging) and its share of the step's rows (the
-    weight of its mean loss). The word written after ``[RET]`` is drawn from ``rng``."""
+@dataclass
+class StepBatch:
+    """One side (queries or documents) of a pretraining step on this rank: the collated batch, each row's
+    answer targets and input kind ("text" / "image", for logging)."""
+
+    is_query: bool
+    batch: Any
+    targets: list
+    kinds: list[str]
+
+
+def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, targets_of: AnswerTargets,
+                 world: int = 1, rank: int = 0) -> list[StepBatch]:
+    """This rank's model batches of one pretraining step. ``chunk``: the step's rows (:func:`pretrain_examples`),
+    the same list on every rank. The word written after each row's ``[RET]`` is drawn from ``rng`` for the
+    whole chunk, queries first, then documents (every rank draws alike, so a row gets the word one process
+    would give it); the rank then takes its slice ``chunk[rank*n:(rank+1)*n]`` (``n = len(chunk) // world``)
+    and collates queries and documents apart (they render differently: instruction)."""
     from puma.model.encoding import collate
 
+    if len(chunk) % world:
+        raise ValueError(f"a step of {len(chunk)} rows does not split over {world} processes")
+    answers: list[str | None] = [None] * len(chunk)
+    for is_query in (True, False):
+        for i, (_, q, words) in enumerate(chunk):
+            if q == is_query:
+                answers[i] = rng.choice(words)
+    n = len(chunk) // world
     out = []
     for is_query in (True, False):
-        part = [(item, words) for item, q, words in chunk if q == is_query]
-        if not part:
+        mine = [i for i in range(rank * n, (rank + 1) * n) if chunk[i][1] == is_query]
+        if not mine:
             continue
-        batch = collate(processor, [it for it, _ in part], is_query, prompt, ret_token,
-                        answers=[rng.choice(words) for _, words in part])
-        out.append((batch, [targets_of(words) for _, words in part],
-                    ["image" if _has_image(it) else "text" for it, _ in part], len(part) / len(chunk)))
+        batch = collate(processor, [chunk[i][0] for i in mine], is_query, prompt, ret_token,
+                        answers=[answers[i] for i in mine])
+        out.append(StepBatch(is_query, batch, [targets_of(chunk[i][2]) for i in mine],
+                             ["image" if _has_image(chunk[i][0]) else "text" for i in mine]))
     return out
+
+
+def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """This rank's share of one step's loss, normalised so that the shares of all ranks add up to the loss of
+    the whole ``chunk`` on one process: per side (queries, documents), its fraction of the chunk's rows x
+    (mean next-token loss + ``answer_weight`` x mean answer loss), every mean taken over the *global* count
+    (summed over ranks). The gradients summed over ranks (:func:`puma.distributed.all_reduce_grads`) are then
+    the single-process gradient. Returns the local loss and the step's logged terms (already summed)."""
+    from puma.distributed import all_reduce_sum
+
+    terms = {p.is_query: pretrain_terms(model, p.batch, p.targets, p.kinds) for p in parts}
+    counts = torch.tensor([float(getattr(terms.get(side), attr, 0)) for side in (True, False)
+                           for attr in ("lm_count", "answer_count")], dtype=torch.float64)
+    all_reduce_sum(counts)
+    loss = torch.zeros(())
+    # logged: loss, its lm part, its answer part, then per kind the summed answer terms and their count
+    logged = torch.zeros(7, dtype=torch.float64)
+    for j, side in enumerate((True, False)):
+        if side not in terms:
+            continue
+        t = terms[side]
+        share = sum(1 for _, q, _ in chunk if q == side) / len(chunk)
+        lm = share * t.lm_sum / counts[2 * j].clamp(min=1).float()
+        ans = share * t.answer_sum / counts[2 * j + 1].clamp(min=1).float()
+        loss = loss + lm + answer_weight * ans
+        logged[1] += lm.item()
+        logged[2] += ans.item()
+        for value, kind in t.answers:
+            k = 3 if kind == "text" else 5
+            logged[k] += value
+            logged[k + 1] += 1
+    logged[0] = logged[1] + answer_weight * logged[2]
+    all_reduce_sum(logged)
+    out = {"loss": float(logged[0]), "loss_lm": float(logged[1]), "loss_answer": float(logged[2])}
+    for k, kind in ((3, "text"), (5, "image")):
+        if logged[k + 1] > 0:
+            out[f"loss_answer_{kind}"] = float(logged[k] / logged[k + 1])
+    return loss, out
 
 
 def pretrain_base(
@@ -269,13 +383,22 @@ def pretrain_base(
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
     schedule: str = "constant", log=None,
 ) -> dict[str, Any]:
-    """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``."""
+    """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
+
+    ``batch_size`` rows per process and step: launched on N processes (torchrun; ``runtime.num_processes``)
+    each step takes the next ``batch_size x N`` rows, every rank its slice, and the summed gradients are the
+    gradient one process would get from the whole step (:func:`step_loss`): N processes follow one process
+    with ``batch_size x N`` rows (tests/pipeline/test_pretrain_distributed.py). Rank 0 writes ``out``.
+    """
     from transformers import Qwen2VLForConditionalGeneration
 
+    from puma import distributed
     from puma.io import atomic_dir, write_jsonl_atomic
     from puma.model.processor import load_processor
 
-    say = log or (lambda msg: None)
+    distributed.join_group()
+    world, rank = distributed.world_size(), distributed.rank()
+    say = (log or (lambda msg: None)) if rank == 0 else (lambda msg: None)
     torch.manual_seed(seed)
     processor = load_processor(base, prompt.min_pixels, prompt.max_pixels)
     if processor.tokenizer.convert_tokens_to_ids(ret_token) == processor.tokenizer.unk_token_id:
@@ -296,11 +419,14 @@ def pretrain_base(
             model.lm_head.weight.copy_(model.get_input_embeddings().weight)
     model.train()
     examples = pretrain_examples(pairs, seed)
-    if len(examples) < batch_size:
-        raise ValueError(f"pretraining needs at least {batch_size} examples, got {len(examples)}")
+    step_rows = batch_size * world
+    if len(examples) < step_rows:
+        raise ValueError(f"pretraining needs at least {step_rows} examples ({batch_size} x {world} processes), "
+                         f"got {len(examples)}")
     rng = random.Random(seed)
     targets_of = AnswerTargets(processor.tokenizer)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     if schedule not in ("constant", "linear"):
         raise ValueError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
     warm = max(1, steps // 20)
@@ -310,45 +436,48 @@ def pretrain_base(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * decay(s))
     log_rows, start, cursor = [], time.perf_counter(), 0
     for step in range(steps):
-        chunk = [examples[(cursor + i) % len(examples)] for i in range(batch_size)]
-        cursor += batch_size
-        terms_sum: dict[str, float] = {}
+        chunk = [examples[(cursor + i) % len(examples)] for i in range(step_rows)]
+        cursor += step_rows
         opt.zero_grad()
-        total = 0.0
-        kind_sum: dict[str, list[float]] = {}
         # The answer loss is logged per input kind (text answers can be copied from the input, image answers
         # must be read from the pixels).
-        for batch, targets, kinds, share in step_batches(processor, chunk, prompt, ret_token, rng, targets_of):
-            loss, terms = pretrain_loss(model, batch, answer_weight, targets, kinds)
-            (loss * share).backward()
-            total += loss.item() * share
-            for k in ("loss_lm", "loss_answer"):
-                terms_sum[k] = terms_sum.get(k, 0.0) + terms[k] * share
-            for kind in ("text", "image"):
-                if f"words_{kind}" in terms:
-                    acc = kind_sum.setdefault(f"loss_answer_{kind}", [0.0, 0])
-                    acc[0] += terms[f"loss_answer_{kind}"] * terms[f"words_{kind}"]
-                    acc[1] += terms[f"words_{kind}"]
-        terms_sum.update({k: v / n for k, (v, n) in kind_sum.items()})
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank)
+        loss, terms = step_loss(model, parts, chunk, answer_weight)
+        loss.backward()
+        distributed.all_reduce_grads(params)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # before clipping
         opt.step()
         sched.step()
-        row = {"step": step + 1, "loss": round(total, 5), **{k: round(v, 5) for k, v in terms_sum.items()},
+        row = {"step": step + 1, **{k: round(v, 5) for k, v in terms.items()}, "grad_norm": round(grad_norm, 6),
                "lr": sched.get_last_lr()[0]}
         log_rows.append(row)
         if (step + 1) % 10 == 0 or step == 0:
-            say(f"pretrain step {step + 1}/{steps} loss {total:.3f} answer {terms_sum.get('loss_answer', 0):.3f} "
-                f"(text {terms_sum.get('loss_answer_text', float('nan')):.3f}, "
-                f"image {terms_sum.get('loss_answer_image', float('nan')):.3f})")
+            say(f"pretrain step {step + 1}/{steps} loss {terms['loss']:.3f} answer {terms['loss_answer']:.3f} "
+                f"(text {terms.get('loss_answer_text', float('nan')):.3f}, "
+                f"image {terms.get('loss_answer_image', float('nan')):.3f})")
     model.eval()
-    record = {"steps": steps, "batch_size": batch_size, "lr": lr, "answer_weight": answer_weight,
+    _check_in_sync(params)
+    record = {"steps": steps, "batch_size": batch_size, "processes": world, "lr": lr, "answer_weight": answer_weight,
               "head_init": head_init, "schedule": schedule, "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
               "seconds": round(time.perf_counter() - start, 1)}
-    model.config.puma = {**(getattr(model.config, "puma", None) or {}), "pretrain": record}
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        write_jsonl_atomic(tmp / "train_log.jsonl", log_rows)
+    if rank == 0:
+        model.config.puma = {**(getattr(model.config, "puma", None) or {}), "pretrain": record}
+        out = Path(out)
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            write_jsonl_atomic(tmp / "train_log.jsonl", log_rows)
+    distributed.barrier()
     return record
+
+
+def _check_in_sync(params) -> None:
+    """Every rank applied the same summed gradients, so the weights must be equal on all of them: compare a
+    checksum per tensor (a rank that drifted would go unnoticed: only rank 0 saves)."""
+    from puma import distributed
+
+    with torch.no_grad():
+        sums = torch.stack([p.double().sum() for p in params])
+    if not distributed.same_on_all_ranks(sums):
+        raise RuntimeError("pretraining: the ranks' weights differ after training (the gradient all-reduce failed)")

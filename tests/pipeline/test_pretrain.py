@@ -39,8 +39,17 @@ def test_labels_mask_padding_and_images(tiny_dir):
     batch = collate(proc, [{"text": "a red circle"}, {"text": "a much longer blue star on the left"}], False,
                     PromptSettings(), answers=["red", "star"])
     labels = lm_labels(batch)
-    assert (labels[batch["attention_mask"] == 0] == -100).all()
-    assert (labels[batch["attention_mask"] == 1] >= 0).all()
+    mask = batch["attention_mask"]
+    assert (labels[mask == 0] == -100).all()
+    first = mask.argmax(1)  # each row's first real token (left padding)
+    assert first[0] > 0 and first[1] == 0  # the short row is padded
+    real = mask == 1
+    real[0, first[0]] = False  # ... and its first token would be predicted from padding: not labelled
+    assert (labels[real] >= 0).all() and labels[0, first[0]] == -100
+    # A row's predicted tokens do not depend on its batch's padding (data-parallel pretraining needs this).
+    alone = collate(proc, [{"text": "a red circle"}], False, PromptSettings(), answers=["red"])
+    targets = lm_labels(alone)[0, 1:]
+    assert targets[targets != -100].tolist() == [t for t in labels[0, 1:].tolist() if t != -100]
     rows = torch.arange(2)
     after_ret = batch["input_ids"][rows, batch["ret_positions"] + 1]
     assert proc.tokenizer.decode(after_ret[0]).strip() == "red"  # the word follows [RET]
@@ -167,8 +176,9 @@ def test_answer_loss_is_logged_per_input_kind(tiny_dir, tmp_path):
 
 
 def test_pretrain_loss_matches_the_full_logits_oracle(tiny_dir, tmp_path):
-    """pretrain_loss projects only the labelled positions and [RET] through lm_head: the same loss and the
-    same gradients as the naive full (B, S, V) logits, on a padded batch with an image (masked positions)."""
+    """pretrain_loss projects only the labelled positions and [RET] through lm_head and takes one logsumexp per
+    word class: the same loss and the same gradients as the naive full (B, S, V) logits with one answer word at
+    a time, on a padded batch with an image (masked positions)."""
     from PIL import Image
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -182,10 +192,14 @@ def test_pretrain_loss_matches_the_full_logits_oracle(tiny_dir, tmp_path):
     Image.new("RGB", (84, 56), (30, 30, 200)).save(tmp_path / "blue.jpg")
     items = [{"text": "a red circle"}, {"image": str(tmp_path / "blue.jpg"), "text": "same shape"},
              {"text": "a much longer sentence about a small blue star on the left of the picture"}]
-    words = [["red", "circle"], ["blue"], ["small", "blue", "star"]]
+    # "picture" is no world word: its answer is over the whole vocabulary (the other classes are shared
+    # between rows: one AnswerTargets, as in training, so the class-grouped path merges them)
+    words = [["red", "circle"], ["blue", "picture"], ["small", "blue", "star"]]
     batch = collate(proc, items, True, PromptSettings(), answers=[w[0] for w in words])
     assert (batch["attention_mask"] == 0).any() and (batch["mm_token_type_ids"] != 0).any()
-    targets = [AnswerTargets(proc.tokenizer)(w) for w in words]
+    targets_of = AnswerTargets(proc.tokenizer)
+    targets = [targets_of(w) for w in words]
+    assert targets[1][1][1] is None and targets[0][0][1] is targets[1][0][1]  # whole vocab; one colour class
     fast, _ = pretrain_loss(model, batch, 4.0, targets)
     fast_grads = torch.autograd.grad(fast, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
     naive, _ = pretrain_loss(model, batch, 4.0, targets, full_logits=True)
