@@ -126,6 +126,9 @@ class PretrainSettings(_Section):
     answer_weight: float = Field(4.0, ge=0)  # extra weight on the word after [RET]
     head_init: Literal["zero", "embeddings", "random"] = "zero"  # lm_head before pretraining (puma.train.pretrain)
     schedule: Literal["constant", "linear"] = "constant"  # after a 5% warm-up: constant, or linear decay to 0
+    # The first token of a left-padded row is predicted from the padding before it (HF's shifted loss; the
+    # shipped recipe) or not (docs/results/zero_shot.md: a much stronger base, without the depth effect).
+    predict_from_padding: bool = True
     seed: int = 0
 
 

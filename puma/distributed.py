@@ -61,6 +61,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over every rank, in place (a no-op on one process); returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     """Sum the parameters' gradients over every rank in one flat all-reduce (a no-op on one process).
 

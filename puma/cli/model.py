@@ -102,7 +102,8 @@ def pretrain(
     try:  # under torchrun (runtime.num_processes > 1, flows.launch) every rank trains its slice of each step
         record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
                                lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
-                               schedule=cfg.schedule, ret_token=settings.model.ret_token, log=typer.echo)
+                               schedule=cfg.schedule, predict_from_padding=cfg.predict_from_padding,
+                               ret_token=settings.model.ret_token, log=typer.echo)
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "
                        f"({record['seconds']} s, final loss {record['final_loss']}) -> {out}")

@@ -23,19 +23,27 @@ def concat_batches(first: BatchFeature, second: BatchFeature, pad_id: int) -> Ba
     first batch's before the second's, matching the row order Qwen2-VL assigns them by.
     """
     length = max(first["input_ids"].shape[1], second["input_ids"].shape[1])
+    parts = [left_pad_batch(b, length, pad_id) for b in (first, second)]
     out: dict[str, torch.Tensor] = {}
+    for key in (*_ROW_KEYS, "ret_positions", "pixel_values", "image_grid_thw"):
+        present = [b[key] for b in parts if key in b]
+        if present:
+            out[key] = torch.cat(present)
+    return BatchFeature(out)
+
+
+def left_pad_batch(batch: BatchFeature, length: int, pad_id: int) -> BatchFeature:
+    """``batch`` with every row left-padded to ``length`` (``ret_positions`` shifted; images untouched): the
+    rows a longer batch would have given them."""
+    width = batch["input_ids"].shape[1]
+    if length < width:
+        raise ValueError(f"cannot pad a batch of length {width} to {length}")
+    out = dict(batch)
     for key, fill in _ROW_KEYS.items():
-        if key not in first:
-            continue
-        fill = pad_id if fill is None else fill
-        out[key] = torch.cat([_left_pad(b[key], length, fill) for b in (first, second)])
-    out["ret_positions"] = torch.cat(
-        [b["ret_positions"] + (length - b["input_ids"].shape[1]) for b in (first, second)]
-    )
-    for key in ("pixel_values", "image_grid_thw"):
-        parts = [b[key] for b in (first, second) if key in b]
-        if parts:
-            out[key] = torch.cat(parts)
+        if key in batch:
+            out[key] = _left_pad(batch[key], length, pad_id if fill is None else fill)
+    if "ret_positions" in batch:
+        out["ret_positions"] = batch["ret_positions"] + (length - width)
     return BatchFeature(out)
 
 

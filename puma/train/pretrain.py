@@ -160,16 +160,19 @@ def answer_targets(tokenizer, words: list[str]) -> list[tuple[int, torch.Tensor 
     return AnswerTargets(tokenizer)(words)
 
 
-def lm_labels(batch) -> torch.Tensor:
-    """Next-token labels: the input ids with padding and image tokens set to -100 (not predicted), and each
-    row's first token too (left padding: it would be predicted from a padding position, so a row's loss
-    would depend on how much padding its batch gave it; without it the loss of a row is the same in any
-    batch, which data-parallel pretraining needs: :func:`pretrain_base`)."""
+def lm_labels(batch, from_padding: bool = True) -> torch.Tensor:
+    """Next-token labels: the input ids with padding and image tokens set to -100 (not predicted).
+
+    ``from_padding`` (``pretrain.predict_from_padding``): a left-padded row's first token stays a label, so
+    it is predicted from the padding position before it (HF's shifted next-token loss on left-padded rows;
+    the shipped recipe); False drops it, so a row's loss no longer depends on its batch's padding. With it,
+    data-parallel pretraining pads every rank's rows to the step's global length (:func:`step_batches`)."""
     labels = batch["input_ids"].clone()
     mask = batch["attention_mask"]
     labels[mask == 0] = -100
     labels[batch["mm_token_type_ids"] != 0] = -100
-    labels[:, 1:][mask[:, :-1] == 0] = -100
+    if not from_padding:
+        labels[:, 1:][mask[:, :-1] == 0] = -100
     return labels
 
 
@@ -189,7 +192,7 @@ class PretrainTerms:
 
 
 def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] | None = None,
-                   full_logits: bool = False) -> PretrainTerms:
+                   full_logits: bool = False, from_padding: bool = True) -> PretrainTerms:
     """The summed next-token loss over the text tokens and the summed answer loss at ``[RET]``.
 
     ``targets``: per row, the item's answers (:func:`answer_targets`: a token and its class's tokens).
@@ -204,6 +207,7 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
     logging. ``full_logits``: the naive path, lm_head over every position ``(B, S, V)``, an ignore-index
     cross-entropy and one answer word at a time (the oracle of the default, which projects only the positions
     the loss reads and takes one logsumexp per word class; tests and bench/pretrain_step.py).
+    ``from_padding``: :func:`lm_labels`.
     """
     import torch.nn.functional as F
 
@@ -211,7 +215,7 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
     from puma.model.prune import qwen2vl_model
 
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    labels = lm_labels(batch)
+    labels = lm_labels(batch, from_padding)
     rows = torch.arange(labels.shape[0])
     pos = batch["ret_positions"]
     if targets is not None:
@@ -271,12 +275,12 @@ def _answer_terms(at_ret: torch.Tensor, targets: list) -> tuple[torch.Tensor, li
 
 
 def pretrain_loss(model, batch, answer_weight: float, targets: list | None = None, kinds: list[str] | None = None,
-                  full_logits: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+                  full_logits: bool = False, from_padding: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean next-token loss over the text tokens + ``answer_weight`` x the mean answer loss at ``[RET]``
     (:func:`pretrain_terms`, one batch on one process). The logged terms: ``loss_lm``, ``loss_answer`` and,
     with ``kinds``, ``loss_answer_<kind>`` (the mean answer loss over those rows' words) and ``words_<kind>``
     (their count)."""
-    t = pretrain_terms(model, batch, targets, kinds, full_logits)
+    t = pretrain_terms(model, batch, targets, kinds, full_logits, from_padding)
     logged = {"loss_lm": t.lm_sum.item() / max(1, t.lm_count), "loss_answer": t.answer_sum.item() / max(1, t.answer_count)}
     for kind in dict.fromkeys(k for _, k in t.answers if k is not None):
         mine = [v for v, k in t.answers if k == kind]
@@ -317,8 +321,11 @@ def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, t
     the same list on every rank. The word written after each row's ``[RET]`` is drawn from ``rng`` for the
     whole chunk, queries first, then documents (every rank draws alike, so a row gets the word one process
     would give it); the rank then takes its slice ``chunk[rank*n:(rank+1)*n]`` (``n = len(chunk) // world``)
-    and collates queries and documents apart (they render differently: instruction)."""
+    and collates queries and documents apart (they render differently: instruction), each side left-padded
+    to the longest row of that side on any rank: the rows one process would have collated."""
+    from puma.distributed import all_reduce_max
     from puma.model.encoding import collate
+    from puma.train.batching import left_pad_batch
 
     if len(chunk) % world:
         raise ValueError(f"a step of {len(chunk)} rows does not split over {world} processes")
@@ -337,10 +344,17 @@ def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, t
                         answers=[answers[i] for i in mine])
         out.append(StepBatch(is_query, batch, [targets_of(chunk[i][2]) for i in mine],
                              ["image" if _has_image(chunk[i][0]) else "text" for i in mine]))
+    if world > 1:  # every rank joins (a rank may hold no row of a side: length 0)
+        lengths = {p.is_query: p.batch["input_ids"].shape[1] for p in out}
+        longest = all_reduce_max(torch.tensor([lengths.get(True, 0), lengths.get(False, 0)]))
+        pad_id = processor.tokenizer.pad_token_id
+        for p in out:
+            p.batch = left_pad_batch(p.batch, int(longest[0 if p.is_query else 1]), pad_id)
     return out
 
 
-def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
+              from_padding: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of one step's loss, normalised so that the shares of all ranks add up to the loss of
     the whole ``chunk`` on one process: per side (queries, documents), its fraction of the chunk's rows x
     (mean next-token loss + ``answer_weight`` x mean answer loss), every mean taken over the *global* count
@@ -348,7 +362,7 @@ def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float) -> tup
     the single-process gradient. Returns the local loss and the step's logged terms (already summed)."""
     from puma.distributed import all_reduce_sum
 
-    terms = {p.is_query: pretrain_terms(model, p.batch, p.targets, p.kinds) for p in parts}
+    terms = {p.is_query: pretrain_terms(model, p.batch, p.targets, p.kinds, from_padding=from_padding) for p in parts}
     counts = torch.tensor([float(getattr(terms.get(side), attr, 0)) for side in (True, False)
                            for attr in ("lm_count", "answer_count")], dtype=torch.float64)
     all_reduce_sum(counts)
@@ -381,7 +395,7 @@ def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float) -> tup
 def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
-    schedule: str = "constant", log=None,
+    schedule: str = "constant", predict_from_padding: bool = True, log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
 
@@ -442,7 +456,7 @@ def pretrain_base(
         # The answer loss is logged per input kind (text answers can be copied from the input, image answers
         # must be read from the pixels).
         parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank)
-        loss, terms = step_loss(model, parts, chunk, answer_weight)
+        loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding)
         loss.backward()
         distributed.all_reduce_grads(params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # before clipping
@@ -458,7 +472,7 @@ def pretrain_base(
     model.eval()
     _check_in_sync(params)
     record = {"steps": steps, "batch_size": batch_size, "processes": world, "lr": lr, "answer_weight": answer_weight,
-              "head_init": head_init, "schedule": schedule, "seed": seed,
+              "head_init": head_init, "schedule": schedule, "predict_from_padding": predict_from_padding, "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
               "seconds": round(time.perf_counter() - start, 1)}
     if rank == 0:

@@ -38,18 +38,20 @@ def test_labels_mask_padding_and_images(tiny_dir):
     proc = load_processor(tiny_dir)
     batch = collate(proc, [{"text": "a red circle"}, {"text": "a much longer blue star on the left"}], False,
                     PromptSettings(), answers=["red", "star"])
-    labels = lm_labels(batch)
     mask = batch["attention_mask"]
-    assert (labels[mask == 0] == -100).all()
     first = mask.argmax(1)  # each row's first real token (left padding)
     assert first[0] > 0 and first[1] == 0  # the short row is padded
+    labels = lm_labels(batch)  # the shipped recipe: every real text token is a label ...
+    assert (labels[mask == 0] == -100).all() and (labels[mask == 1] >= 0).all()
+    assert labels[0, first[0]] >= 0  # ... the padded row's first one too, predicted from the padding before it
+    strict = lm_labels(batch, from_padding=False)  # pretrain.predict_from_padding: false
     real = mask == 1
-    real[0, first[0]] = False  # ... and its first token would be predicted from padding: not labelled
-    assert (labels[real] >= 0).all() and labels[0, first[0]] == -100
-    # A row's predicted tokens do not depend on its batch's padding (data-parallel pretraining needs this).
+    real[0, first[0]] = False
+    assert (strict[real] >= 0).all() and strict[0, first[0]] == -100 and (strict[mask == 0] == -100).all()
+    # Then a row's predicted tokens do not depend on its batch's padding.
     alone = collate(proc, [{"text": "a red circle"}], False, PromptSettings(), answers=["red"])
-    targets = lm_labels(alone)[0, 1:]
-    assert targets[targets != -100].tolist() == [t for t in labels[0, 1:].tolist() if t != -100]
+    targets = lm_labels(alone, from_padding=False)[0, 1:]
+    assert targets[targets != -100].tolist() == [t for t in strict[0, 1:].tolist() if t != -100]
     rows = torch.arange(2)
     after_ret = batch["input_ids"][rows, batch["ret_positions"] + 1]
     assert proc.tokenizer.decode(after_ret[0]).strip() == "red"  # the word follows [RET]
