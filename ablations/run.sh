@@ -4,24 +4,29 @@
 #   ablations/run.sh table5 --seeds 0,1,2,3,4        # more seeds
 #   ablations/run.sh table5 -S stage2.max_steps=96   # extra overrides for every run (say so when reporting)
 #   ablations/run.sh table5 --dry                    # print the commands only
+#   ablations/run.sh table5 --vary-base              # each seed also pretrains its own base (pretrain.seed=SEED)
 # Each (row, seed) runs as `dvc exp run --temp -n ROW-sSEED -S seed=SEED -S evaluate.instruction_seed=SEED`:
 # the seed changes the data order, the initialisation of new weights (LoRA, [RET]) and the instruction
-# choice (training and evaluation). Every experiment runs in a temporary copy of the workspace, shares the
+# choice (training and evaluation). Without --vary-base every seed shares the one pretrained base, so the
+# interval leaves out the base's own variance, the largest on the embedded default (docs/results/
+# reproducibility.md); with it the experiments are named ROW-bSEED and each re-runs `pretrain` (+4-8 min). Every experiment runs in a temporary copy of the workspace, shares the
 # DVC cache and logs to this checkout's MLflow store. Needs a committed baseline: commit dvc.lock after
 # `make run`. The result: reports/ablations/TABLE.md (mean and 95% CI over seeds per row), .csv and .png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table=${1:?usage: ablations/run.sh TABLE [--seeds 0,1,2] [--dry] [-S key=value ...]   (TABLE: table3 table4 table5 table10 table12 fig5-k stage1-k2)}
+table=${1:?usage: ablations/run.sh TABLE [--seeds 0,1,2] [--vary-base] [--dry] [-S key=value ...]   (TABLE: table3 table4 table5 table10 table12 fig5-k stage1-k2)}
 shift
 file=ablations/$table.exp
 [[ -f $file ]] || { echo "$file: no such experiment list" >&2; exit 2; }
 seeds=0,1,2
 dry=
+vary_base=
 extra=()
 while (($#)); do
   case $1 in
     --seeds) seeds=${2:?--seeds needs a list like 0,1,2}; shift 2 ;;
     --dry) dry=1; shift ;;
+    --vary-base) vary_base=1; shift ;;
     -S) extra+=(-S "${2:?-S needs key=value}"); shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -41,8 +46,13 @@ while IFS= read -r line || [[ -n $line ]]; do
     [[ ${sets[i]} == -S && -n ${sets[i+1]:-} ]] || { echo "$file:$lineno: expected '-S key=value' pairs" >&2; exit 2; }
   done
   for s in "${seed_list[@]}"; do
-    cmd=(dvc exp run --temp -n "$name-s$s" "${track[@]}" -S "seed=$s" -S "evaluate.instruction_seed=$s"
-         "${sets[@]}" "${extra[@]}")
+    if [[ -n $vary_base ]]; then
+      cmd=(dvc exp run --temp -n "$name-b$s" "${track[@]}" -S "seed=$s" -S "evaluate.instruction_seed=$s"
+           -S "pretrain.seed=$s" "${sets[@]}" "${extra[@]}")
+    else
+      cmd=(dvc exp run --temp -n "$name-s$s" "${track[@]}" -S "seed=$s" -S "evaluate.instruction_seed=$s"
+           "${sets[@]}" "${extra[@]}")
+    fi
     echo "+ ${cmd[*]}"
     [[ -n $dry ]] || "${cmd[@]}"
   done
@@ -50,4 +60,9 @@ done <"$file"
 [[ -n $dry ]] && exit 0
 mkdir -p reports/ablations
 dvc exp show --csv --keep 'metrics.json' >"reports/ablations/$table.exp.csv"
-puma ablation-report "$table" --csv "reports/ablations/$table.exp.csv" --out reports/ablations
+if [[ -n $vary_base ]]; then
+  # Its own directory: the shared-base table of the same name stays beside it.
+  puma ablation-report "$table" --vary-base --csv "reports/ablations/$table.exp.csv" --out reports/ablations/vary-base
+else
+  puma ablation-report "$table" --csv "reports/ablations/$table.exp.csv" --out reports/ablations
+fi

@@ -127,8 +127,12 @@ class PretrainSettings(_Section):
     head_init: Literal["zero", "embeddings", "random"] = "zero"  # lm_head before pretraining (puma.train.pretrain)
     schedule: Literal["constant", "linear"] = "constant"  # after a 5% warm-up: constant, or linear decay to 0
     # The first token of a left-padded row is predicted from the padding before it (HF's shifted loss; the
-    # shipped recipe) or not (docs/results/zero_shot.md: a much stronger base, without the depth effect).
+    # shipped recipe) or not. The padding's state is exactly zero, so that term is a constant without gradient:
+    # the option changes the logged loss and the LM mean's count only (docs/results/reproducibility.md).
     predict_from_padding: bool = True
+    # The fixed prompt suffix between the content and [RET] ("Summarize above ... in one word: ...") is predicted
+    # like any text (the shipped recipe) or not (false; docs/results/reproducibility.md).
+    template_loss: bool = True
     seed: int = 0
 
 

@@ -347,15 +347,18 @@ def seed_summary(values: Sequence[float]) -> dict[str, float]:
     return {"mean": round(mean, 2), "low": round(mean - half, 2), "high": round(mean + half, 2), "n": len(values)}
 
 
-def parse_exp_csv(text: str) -> dict[str, dict[int, dict[str, float]]]:
+def parse_exp_csv(text: str, marker: str = "s") -> dict[str, dict[int, dict[str, float]]]:
     """``dvc exp show --csv`` -> ``{row name: {seed: {"local.avg": x, ...}}}`` for experiments named
-    ``NAME-sSEED`` (how ablations/run.sh names them); metric columns are matched by their key suffix."""
+    ``NAME-sSEED`` (how ablations/run.sh names them; ``marker="b"``: ``NAME-bSEED``, the runs of
+    ``--vary-base``, whose seed pretrains its own base too); metric columns are matched by their key suffix."""
     import re
 
+    if marker not in ("s", "b"):
+        raise ValueError(f"marker must be 's' (shared base) or 'b' (a base per seed), got {marker!r}")
     rows: dict[str, dict[int, dict[str, float]]] = {}
     reader = csv.DictReader(io.StringIO(text))
     for line, rec in enumerate(reader, start=2):
-        m = re.fullmatch(r"(.+)-s(\d+)", rec.get("Experiment") or "")
+        m = re.fullmatch(rf"(.+)-{marker}(\d+)", rec.get("Experiment") or "")
         if not m or (rec.get("State") or "Success") != "Success":
             continue  # a running or queued experiment is listed with its baseline's metrics; a failed one has none
         vals = {}

@@ -103,6 +103,7 @@ def pretrain(
         record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
                                lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
                                schedule=cfg.schedule, predict_from_padding=cfg.predict_from_padding,
+                               template_loss=cfg.template_loss,
                                ret_token=settings.model.ret_token, log=typer.echo)
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "

@@ -255,6 +255,8 @@ def ablation_report(
                                     "(the same overrides and seeds), e.g. t3-distill-mac=t5-mac"),
     x: str = typer.Option(None, "--x", help="an override key of the list (e.g. model.prune_layers): plot the "
                           "averages against its value per row (default: the one key every row sets, if any)"),
+    vary_base: bool = typer.Option(False, "--vary-base", help="read the experiments NAME-bSEED (ablations/run.sh "
+                                   "--vary-base: each seed pretrained its own base) instead of NAME-sSEED"),
 ) -> None:
     """Mean and 95% CI over seeds per row of an ablation table (ablations/run.sh calls this), only the rows
     of the table's list, in its order, with the paper's rows beside them (puma.report.PAPER_ABLATIONS)."""
@@ -263,7 +265,7 @@ def ablation_report(
     rows: dict = {}
     for path in exp_csv:
         try:
-            for name, seeds in parse_exp_csv(path.read_text()).items():
+            for name, seeds in parse_exp_csv(path.read_text(), "b" if vary_base else "s").items():
                 rows.setdefault(name, {}).update(seeds)
         except ValueError as e:
             typer.echo(f"error: {path}: {e}", err=True)
@@ -298,7 +300,7 @@ def ablation_report(
         if missing:
             typer.echo(f"warning: {where}: no experiments for {', '.join(missing)} (rows of {exp})", err=True)
     if not rows:
-        typer.echo(f"error: {where}: no experiments named NAME-sSEED with metrics", err=True)
+        typer.echo(f"error: {where}: no experiments named NAME-{'b' if vary_base else 's'}SEED with metrics", err=True)
         raise typer.Exit(1)
     if x and not against:
         typer.echo(f"error: no row of {exp} sets {x}", err=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from puma.config import Settings
+from puma.numerics import numerics_tags
 from puma.tracking.checks import flat_numbers, read_metrics, step_rows
 from puma.tracking.cost import pipeline_start, stage_cost, wall_seconds
 from puma.tracking.lineage import git_commit, read_lock
@@ -106,6 +107,8 @@ def log_pipeline(
         parent_run_id = parent.info.run_id
     client.set_tag(parent_run_id, "git.commit", sha)
     client.set_tag(parent_run_id, "git.dirty", str(dirty).lower())
+    for key, value in numerics_tags().items():  # the same commit gives other numbers on another CPU
+        client.set_tag(parent_run_id, key, value)
     log_params(client, parent_run_id, settings.flat())
 
     stage_runs: dict[str, str] = {}

@@ -160,19 +160,55 @@ def answer_targets(tokenizer, words: list[str]) -> list[tuple[int, torch.Tensor 
     return AnswerTargets(tokenizer)(words)
 
 
-def lm_labels(batch, from_padding: bool = True) -> torch.Tensor:
+# The fixed words between an item's content and ``[RET]`` (puma.model.prompts.build_messages:
+# "\nSummarize above ... in one word: " and the assistant turn's opening), from the first word on: the
+# newline before it can merge with the content's last character in a BPE tokenizer.
+SUFFIX_START = "Summarize above"
+
+
+@functools.cache
+def _suffix_pattern_cached(tokenizer) -> tuple[int, ...]:
+    ids = tokenizer.encode("\n" + SUFFIX_START, add_special_tokens=False)
+    if not ids or tokenizer.decode(ids[:1]) != "\n":
+        raise ValueError(f"the tokenizer merges the newline into {SUFFIX_START!r}: cannot find the template")
+    return tuple(ids[1:])
+
+
+def template_span_starts(input_ids: torch.Tensor, ret_positions: torch.Tensor, tokenizer) -> list[int]:
+    """Per row, the index where the fixed prompt suffix starts (the last ``"Summarize above"`` before the row's
+    ``[RET]``). Raises naming the row when a row has none (not a retriever prompt)."""
+    pattern = _suffix_pattern_cached(tokenizer)
+    n, starts = len(pattern), []
+    for row, ret in enumerate(ret_positions.tolist()):
+        ids = input_ids[row, :ret].tolist()
+        start = next((i for i in range(ret - n, -1, -1) if tuple(ids[i:i + n]) == pattern), None)
+        if start is None:
+            raise ValueError(f"row {row}: no {SUFFIX_START!r} before [RET] (position {ret})")
+        starts.append(start)
+    return starts
+
+
+def lm_labels(batch, from_padding: bool = True, template_starts: list[int] | None = None) -> torch.Tensor:
     """Next-token labels: the input ids with padding and image tokens set to -100 (not predicted).
 
     ``from_padding`` (``pretrain.predict_from_padding``): a left-padded row's first token stays a label, so
     it is predicted from the padding position before it (HF's shifted next-token loss on left-padded rows;
     the shipped recipe); False drops it, so a row's loss no longer depends on its batch's padding. With it,
-    data-parallel pretraining pads every rank's rows to the step's global length (:func:`step_batches`)."""
+    data-parallel pretraining pads every rank's rows to the step's global length (:func:`step_batches`).
+
+    ``template_starts`` (``pretrain.template_loss: false``; :func:`template_span_starts`): per row, where the
+    fixed suffix starts; its tokens up to and including ``[RET]`` are then not predicted. They are the same in
+    every row, so predicting them rewards states that ignore the content at exactly the positions ``[RET]``
+    reads from (docs/results/reproducibility.md)."""
     labels = batch["input_ids"].clone()
     mask = batch["attention_mask"]
     labels[mask == 0] = -100
     labels[batch["mm_token_type_ids"] != 0] = -100
     if not from_padding:
         labels[:, 1:][mask[:, :-1] == 0] = -100
+    if template_starts is not None:
+        for row, (start, ret) in enumerate(zip(template_starts, batch["ret_positions"].tolist(), strict=True)):
+            labels[row, start:ret + 1] = -100
     return labels
 
 
@@ -192,7 +228,8 @@ class PretrainTerms:
 
 
 def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] | None = None,
-                   full_logits: bool = False, from_padding: bool = True) -> PretrainTerms:
+                   full_logits: bool = False, from_padding: bool = True,
+                   template_starts: list[int] | None = None) -> PretrainTerms:
     """The summed next-token loss over the text tokens and the summed answer loss at ``[RET]``.
 
     ``targets``: per row, the item's answers (:func:`answer_targets`: a token and its class's tokens).
@@ -207,7 +244,7 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
     logging. ``full_logits``: the naive path, lm_head over every position ``(B, S, V)``, an ignore-index
     cross-entropy and one answer word at a time (the oracle of the default, which projects only the positions
     the loss reads and takes one logsumexp per word class; tests and bench/pretrain_step.py).
-    ``from_padding``: :func:`lm_labels`.
+    ``from_padding``, ``template_starts``: :func:`lm_labels`.
     """
     import torch.nn.functional as F
 
@@ -215,7 +252,7 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
     from puma.model.prune import qwen2vl_model
 
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    labels = lm_labels(batch, from_padding)
+    labels = lm_labels(batch, from_padding, template_starts)
     rows = torch.arange(labels.shape[0])
     pos = batch["ret_positions"]
     if targets is not None:
@@ -275,12 +312,13 @@ def _answer_terms(at_ret: torch.Tensor, targets: list) -> tuple[torch.Tensor, li
 
 
 def pretrain_loss(model, batch, answer_weight: float, targets: list | None = None, kinds: list[str] | None = None,
-                  full_logits: bool = False, from_padding: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+                  full_logits: bool = False, from_padding: bool = True,
+                  template_starts: list[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean next-token loss over the text tokens + ``answer_weight`` x the mean answer loss at ``[RET]``
     (:func:`pretrain_terms`, one batch on one process). The logged terms: ``loss_lm``, ``loss_answer`` and,
     with ``kinds``, ``loss_answer_<kind>`` (the mean answer loss over those rows' words) and ``words_<kind>``
     (their count)."""
-    t = pretrain_terms(model, batch, targets, kinds, full_logits, from_padding)
+    t = pretrain_terms(model, batch, targets, kinds, full_logits, from_padding, template_starts)
     logged = {"loss_lm": t.lm_sum.item() / max(1, t.lm_count), "loss_answer": t.answer_sum.item() / max(1, t.answer_count)}
     for kind in dict.fromkeys(k for _, k in t.answers if k is not None):
         mine = [v for v, k in t.answers if k == kind]
@@ -307,12 +345,14 @@ def load_pairs(root: str | Path, seed: int) -> list[dict]:
 @dataclass
 class StepBatch:
     """One side (queries or documents) of a pretraining step on this rank: the collated batch, each row's
-    answer targets and input kind ("text" / "image", for logging)."""
+    answer targets, input kind ("text" / "image", for logging) and where its fixed prompt suffix starts
+    (:func:`template_span_starts`, in the padded batch)."""
 
     is_query: bool
     batch: Any
     targets: list
     kinds: list[str]
+    template_starts: list[int] | None = None
 
 
 def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, targets_of: AnswerTargets,
@@ -350,19 +390,23 @@ def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, t
         pad_id = processor.tokenizer.pad_token_id
         for p in out:
             p.batch = left_pad_batch(p.batch, int(longest[0 if p.is_query else 1]), pad_id)
+    for p in out:
+        p.template_starts = template_span_starts(p.batch["input_ids"], p.batch["ret_positions"], processor.tokenizer)
     return out
 
 
 def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
-              from_padding: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+              from_padding: bool = True, template_loss: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of one step's loss, normalised so that the shares of all ranks add up to the loss of
-    the whole ``chunk`` on one process: per side (queries, documents), its fraction of the chunk's rows x
+    the whole ``chunk`` on one process (``template_loss`` False: the fixed prompt suffix is not predicted,
+    :func:`lm_labels`): per side (queries, documents), its fraction of the chunk's rows x
     (mean next-token loss + ``answer_weight`` x mean answer loss), every mean taken over the *global* count
     (summed over ranks). The gradients summed over ranks (:func:`puma.distributed.all_reduce_grads`) are then
     the single-process gradient. Returns the local loss and the step's logged terms (already summed)."""
     from puma.distributed import all_reduce_sum
 
-    terms = {p.is_query: pretrain_terms(model, p.batch, p.targets, p.kinds, from_padding=from_padding) for p in parts}
+    terms = {p.is_query: pretrain_terms(model, p.batch, p.targets, p.kinds, from_padding=from_padding,
+                                        template_starts=None if template_loss else p.template_starts) for p in parts}
     counts = torch.tensor([float(getattr(terms.get(side), attr, 0)) for side in (True, False)
                            for attr in ("lm_count", "answer_count")], dtype=torch.float64)
     all_reduce_sum(counts)
@@ -395,7 +439,7 @@ def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
 def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
-    schedule: str = "constant", predict_from_padding: bool = True, log=None,
+    schedule: str = "constant", predict_from_padding: bool = True, template_loss: bool = True, log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
 
@@ -409,6 +453,7 @@ def pretrain_base(
     from puma import distributed
     from puma.io import atomic_dir, write_jsonl_atomic
     from puma.model.processor import load_processor
+    from puma.numerics import numerics
 
     distributed.join_group()
     world, rank = distributed.world_size(), distributed.rank()
@@ -456,7 +501,7 @@ def pretrain_base(
         # The answer loss is logged per input kind (text answers can be copied from the input, image answers
         # must be read from the pixels).
         parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank)
-        loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding)
+        loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding, template_loss)
         loss.backward()
         distributed.all_reduce_grads(params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # before clipping
@@ -472,9 +517,11 @@ def pretrain_base(
     model.eval()
     _check_in_sync(params)
     record = {"steps": steps, "batch_size": batch_size, "processes": world, "lr": lr, "answer_weight": answer_weight,
-              "head_init": head_init, "schedule": schedule, "predict_from_padding": predict_from_padding, "seed": seed,
+              "head_init": head_init, "schedule": schedule, "predict_from_padding": predict_from_padding,
+              "template_loss": template_loss, "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
-              "seconds": round(time.perf_counter() - start, 1)}
+              "seconds": round(time.perf_counter() - start, 1),
+              "numerics": numerics()}  # round-off differs by machine, and this training is chaotic in it
     if rank == 0:
         model.config.puma = {**(getattr(model.config, "puma", None) or {}), "pretrain": record}
         out = Path(out)
@@ -484,6 +531,20 @@ def pretrain_base(
             write_jsonl_atomic(tmp / "train_log.jsonl", log_rows)
     distributed.barrier()
     return record
+
+
+def escape_step(rows: list[dict], threshold: float = 2.15, window: int = 50, key: str = "loss_answer_text",
+                stride: int = 10) -> int | None:
+    """The step by which the ``[RET]`` states have left their early collapse: the end of the first ``window``
+    steps (every ``stride`` steps) whose mean ``key`` (a ``train_log.jsonl`` row's text-answer loss) is below
+    ``threshold``, or None if none is. In the collapse the answer loss sits at the balanced marginal (~2.3
+    nats on MBEIR-mini); how much the base learns by the end depends on how long before the end this happens,
+    and this varies by seed and by machine (docs/results/reproducibility.md)."""
+    for start in range(0, len(rows) - window + 1, stride):
+        values = [r[key] for r in rows[start:start + window] if key in r]
+        if values and sum(values) / len(values) < threshold:
+            return int(rows[start + window - 1]["step"])
+    return None
 
 
 def _check_in_sync(params) -> None:

@@ -14,7 +14,7 @@ from puma.train.pretrain import content_words, lm_labels, pretrain_examples
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import entity_pairs
 
-GUARD_STEPS = 150  # the guard's pretraining: ~40-80 s on one thread
+GUARD_STEPS = 300  # the guard's pretraining: ~70-150 s on one thread
 
 
 def test_content_words_and_examples_share_the_pair_words():
@@ -57,7 +57,70 @@ def test_labels_mask_padding_and_images(tiny_dir):
     assert proc.tokenizer.decode(after_ret[0]).strip() == "red"  # the word follows [RET]
 
 
-def _recall_at_1(model, proc, pairs) -> float:
+def test_predicting_from_padding_adds_a_constant_without_gradient(tiny_dir):
+    """The padding's final state is exactly zero (frozen zero pad embedding, fully masked attention, MLPs map 0
+    to 0), so "predicting" a row's first token from it costs log V with no gradient: predict_from_padding only
+    changes the logged loss and the LM mean's count (docs/results/reproducibility.md). If transformers ever
+    gives the padding a state, this fails and the option starts to matter."""
+    import math
+
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.encoding import collate
+    from puma.model.processor import load_processor
+    from puma.train.pretrain import pretrain_terms
+
+    proc = load_processor(tiny_dir)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).train()
+    batch = collate(proc, [{"text": "a red circle"}, {"text": "a much longer blue star on the left"},
+                           {"text": "one green ring"}], False, PromptSettings(), answers=["red", "star", "ring"])
+    padded = int((batch["attention_mask"][:, 0] == 0).sum())
+    assert padded == 2
+    grads = []
+    sums = []
+    for from_padding in (True, False):
+        model.zero_grad(set_to_none=True)
+        t = pretrain_terms(model, batch, from_padding=from_padding)
+        t.lm_sum.backward()
+        sums.append((float(t.lm_sum), t.lm_count))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    vocab = model.config.text_config.vocab_size
+    assert sums[0][1] == sums[1][1] + padded
+    assert sums[0][0] - sums[1][0] == pytest.approx(padded * math.log(vocab), rel=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7), name
+
+
+def test_template_loss_off_drops_exactly_the_fixed_suffix(tiny_dir):
+    """pretrain.template_loss: false leaves out the labels from "Summarize above" to [RET] (the same words in
+    every row) and nothing else: the content, the answer's row end and the system turn stay labelled."""
+    from PIL import Image
+
+    from puma.model.encoding import collate
+    from puma.model.processor import load_processor
+    from puma.train.pretrain import template_span_starts
+
+    proc = load_processor(tiny_dir)
+    items = [{"text": "a red circle"}, {"text": "a much longer blue star.", "image": Image.new("RGB", (56, 56), "red")}]
+    batch = collate(proc, items, False, PromptSettings(), answers=["red", "star"])
+    starts = template_span_starts(batch["input_ids"], batch["ret_positions"], proc.tokenizer)
+    full, lean = lm_labels(batch), lm_labels(batch, template_starts=starts)
+    for row, (start, ret) in enumerate(zip(starts, batch["ret_positions"].tolist())):
+        dropped = ((full[row] != lean[row]).nonzero().flatten()).tolist()
+        assert dropped == list(range(start, ret + 1))
+        text = proc.tokenizer.decode(batch["input_ids"][row, start:ret + 1])
+        assert text.startswith("Summarize above") and text.endswith("[RET]") and "in one word:" in text
+        assert "circle" in proc.tokenizer.decode(batch["input_ids"][row, :start]) or row == 1
+    assert (lean[:, -3:] == full[:, -3:]).all()  # after [RET]: the answer's "." and the turn's end
+    bad = batch["input_ids"].clone()
+    bad[1, : batch["ret_positions"][1]] = proc.tokenizer.pad_token_id
+    with pytest.raises(ValueError, match="row 1: no 'Summarize above'"):
+        template_span_starts(bad, batch["ret_positions"], proc.tokenizer)
+
+
+def _retrieval(model, proc, pairs) -> tuple[float, float]:
+    """R@1 and the mean reciprocal rank of each query's own positive among all the pairs' positives."""
     from puma.model.encoding import collate, ret_states
 
     prompt = PromptSettings()
@@ -65,21 +128,25 @@ def _recall_at_1(model, proc, pairs) -> float:
         q = ret_states(model, collate(proc, [p["query"] for p in pairs], True, prompt))
         d = ret_states(model, collate(proc, [p["positive"] for p in pairs], False, prompt))
     q, d = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(d, dim=-1)
-    return (q @ d.T).argmax(1).eq(torch.arange(len(pairs))).float().mean().item()
+    scores = q @ d.T
+    rank = (scores > scores.diag()[:, None]).sum(1) + 1
+    return scores.argmax(1).eq(torch.arange(len(pairs))).float().mean().item(), (1.0 / rank.float()).mean().item()
 
 
 def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tmp_path):
-    """The issue-14 guard: after pretraining (the shipped recipe, 150 steps), the full-depth [RET] state
-    retrieves an entity's description from its bare name better than the k=2 prefix of the same model, and
-    far better than the random base and chance: the teacher knows what the pruned student lacks.
+    """The issue-14 guard: after pretraining (the shipped recipe, 300 steps), the full-depth [RET] state
+    retrieves an entity's description from its bare name better than the default k=4 prefix and the k=2 prefix
+    of the same model, and far better than the random base: the teacher knows what the pruned student lacks.
 
     The fixture (train_helpers.entity_pairs, 24 entities) is one where depth is needed: name and description
     share no word, so matching them takes recalling what was learnt about the name. Neither side was ever
-    trained to retrieve (the LM was taught to name the attributes after [RET]). Measured (1 thread):
-    R@1 full 0.667, k=4 0.583, k=2 0.458, k=1 0.417, random 0.0 after 150 steps; full 0.667 / k=2 0.458
-    after 300. On texts whose query and positive share their words (train_helpers.text_pairs) every k
-    retrieves alike (0.47 at k = 1..6 and full depth), and on MBEIR-mini the default k = 4 trails the full
-    depth by only ~1 point (docs/results/zero_shot.md), too little for a fast guard; k = 2 trails clearly."""
+    trained to retrieve (the LM was taught to name the attributes after [RET]). Pretraining is chaotic in
+    round-off (docs/results/reproducibility.md): at 150 steps and by R@1, full beat k=2 on one machine (0.667 vs
+    0.458) and tied it on another (0.458 both; seeds 1-3 there: 0.5/0.583, 0.375/0.25, 0.542/0.542), so the guard
+    trains 300 steps and reads the mean reciprocal rank (less noisy than R@1 of 24). Measured MRR full / k=4 / k=2,
+    seeds 0-3 on an AVX-512 machine: .872/.716/.664, .845/.776/.794, .876/.770/.767, .862/.513/.479; seeds 0-1
+    with the AVX2 kernels forced: .744/.667/.591, 1.0/.913/.912; the random base .141. The smallest margin of
+    full depth over a prefix in these 6 draws is +0.051, the guard asks for +0.02."""
     from transformers import Qwen2VLForConditionalGeneration
 
     from puma.model.processor import load_processor
@@ -91,12 +158,11 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
     pretrain_base(tiny_dir, tmp_path / "pt", pairs, PromptSettings(), steps=GUARD_STEPS, batch_size=16, lr=5e-3,
                   answer_weight=4.0, seed=0)
     proc = load_processor(tmp_path / "pt")
-    full = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "pt").eval()
-    r_full = _recall_at_1(full, proc, pairs)
-    r_pruned = _recall_at_1(load_pruned(tmp_path / "pt", 2).eval(), proc, pairs)
-    r_random = _recall_at_1(Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval(), proc, pairs)
-    assert r_full > r_pruned + 2 / len(pairs), (r_full, r_pruned)
-    assert r_full > r_random + 0.25 and r_full > 4 / len(pairs), (r_full, r_random)
+    full = _retrieval(Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "pt").eval(), proc, pairs)
+    k4, k2 = (_retrieval(load_pruned(tmp_path / "pt", k).eval(), proc, pairs) for k in (4, 2))
+    random_base = _retrieval(Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval(), proc, pairs)
+    assert full[1] > k4[1] + 0.02 and full[1] > k2[1] + 0.02, (full, k4, k2)
+    assert full[1] > random_base[1] + 0.3 and full[0] > 8 / len(pairs), (full, random_base)
 
 
 def test_world_words_classes_and_answer_targets(tiny_dir):

@@ -57,3 +57,4 @@ def test_two_processes_follow_one_process(tiny_dir, tmp_path):
     assert moved > len(one) // 2  # most tensors trained (vision included: images in every step)
     rec = json.loads((tmp_path / "two" / "config.json").read_text())["puma"]["pretrain"]
     assert rec["processes"] == 2 and rec["batch_size"] == 4
+    assert rec["numerics"]["threads"] == 1 and rec["numerics"]["cpu_capability"]  # where its round-off came from

@@ -72,12 +72,14 @@ def test_check_evaluation_names_what_is_missing():
 
 def test_parent_and_nested_runs(store, monkeypatch):
     import mlflow
+    import torch
 
     settings, run, version, _ = _register(store, monkeypatch, "runs-model", _metrics(40.0))
     client = mlflow.MlflowClient(run.tracking_uri)
     parent = client.get_run(run.run_id)
     assert parent.data.params["mac.lambda"] == "0.5" and parent.data.params["model.prune_layers"] == "3"
     assert parent.data.metrics["global.avg"] == 40.0 and parent.data.tags["git.commit"]
+    assert parent.data.tags["numerics.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert set(run.stage_runs) == {"stage2", "evaluate"}
     child = client.get_run(run.stage_runs["stage2"])
     assert child.data.tags["mlflow.parentRunId"] == run.run_id

@@ -75,6 +75,18 @@ def test_parse_exp_csv_reads_bare_metric_columns():
     assert parse_exp_csv(text) == {"t3-mac": {1: {"local.avg": 16.41}, 4: {"local.avg": 15.0}}}
 
 
+def test_parse_exp_csv_keeps_shared_base_and_own_base_runs_apart():
+    """ablations/run.sh --vary-base names its runs NAME-bSEED (each seed pretrained its own base): they are a
+    different experiment from NAME-sSEED (one shared base), and neither is read as the other."""
+    from puma.report import parse_exp_csv
+
+    text = "Experiment,rev,local.avg\nt5-mac-s0,a,17.0\nt5-mac-b0,b,9.0\nt5-mac-b1,c,4.0\nt5-mac-bx,d,1.0\n"
+    assert parse_exp_csv(text) == {"t5-mac": {0: {"local.avg": 17.0}}}
+    assert parse_exp_csv(text, "b") == {"t5-mac": {0: {"local.avg": 9.0}, 1: {"local.avg": 4.0}}}
+    with pytest.raises(ValueError, match="marker"):
+        parse_exp_csv(text, "x")
+
+
 
 def test_ablation_report_keeps_the_tables_rows_in_order_with_aliases_and_the_papers(tmp_path):
     """`puma ablation-report TABLE` reports only the rows of ablations/TABLE.exp (a repository's `dvc exp show`
@@ -110,6 +122,16 @@ def test_ablation_report_keeps_the_tables_rows_in_order_with_aliases_and_the_pap
     (tmp_path / "bad.exp").write_text("row -S a=1\nrow2 a=1\n")
     with pytest.raises(ValueError, match="bad.exp:2"):
         exp_rows(tmp_path / "bad.exp")
+    # --vary-base reads the runs that pretrained a base per seed (NAME-bSEED), and only those
+    (tmp_path / "vb.csv").write_text(csv_text + "t5-mac-b0,e,9,4.0,2.0\nt5-mac-b1,f,9,8.0,3.0\n")
+    res = CliRunner().invoke(app, ["ablation-report", "table3", "--vary-base", "--csv", str(tmp_path / "vb.csv"),
+                                   "--exp", str(exp), "--alias", "t3-distill-mac=t5-mac", "--out", str(tmp_path / "vb")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "vb" / "table3.md").read_text()
+    assert "| t3-distill-mac | 2 | 9.0 [9.0, 9.0] | 6.0 [" in md and "| t3-mac |" not in md
+    res = CliRunner().invoke(app, ["ablation-report", "table3", "--vary-base", "--csv", str(tmp_path / "exp.csv"),
+                                   "--exp", str(exp), "--out", str(tmp_path / "none")])
+    assert res.exit_code == 1 and "NAME-bSEED" in res.output
 
 
 def test_ablation_report_plots_against_an_override(tmp_path, monkeypatch):
