@@ -345,8 +345,9 @@ def load_pairs(root: str | Path, seed: int) -> list[dict]:
 @dataclass
 class StepBatch:
     """One side (queries or documents) of a pretraining step on this rank: the collated batch, each row's
-    answer targets, input kind ("text" / "image", for logging) and where its fixed prompt suffix starts
-    (:func:`template_span_starts`, in the padded batch)."""
+    answer targets, input kind ("text" / "image", for logging) and, when the suffix is not predicted
+    (``pretrain.template_loss: false``), where its fixed prompt suffix starts (:func:`template_span_starts`,
+    in the padded batch; None otherwise)."""
 
     is_query: bool
     batch: Any
@@ -356,13 +357,14 @@ class StepBatch:
 
 
 def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, targets_of: AnswerTargets,
-                 world: int = 1, rank: int = 0) -> list[StepBatch]:
+                 world: int = 1, rank: int = 0, template_loss: bool = True) -> list[StepBatch]:
     """This rank's model batches of one pretraining step. ``chunk``: the step's rows (:func:`pretrain_examples`),
     the same list on every rank. The word written after each row's ``[RET]`` is drawn from ``rng`` for the
     whole chunk, queries first, then documents (every rank draws alike, so a row gets the word one process
     would give it); the rank then takes its slice ``chunk[rank*n:(rank+1)*n]`` (``n = len(chunk) // world``)
     and collates queries and documents apart (they render differently: instruction), each side left-padded
-    to the longest row of that side on any rank: the rows one process would have collated."""
+    to the longest row of that side on any rank: the rows one process would have collated. ``template_loss``
+    False (``pretrain.template_loss``): each part also records where its fixed prompt suffix starts."""
     from puma.distributed import all_reduce_max
     from puma.model.encoding import collate
     from puma.train.batching import left_pad_batch
@@ -390,23 +392,25 @@ def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, t
         pad_id = processor.tokenizer.pad_token_id
         for p in out:
             p.batch = left_pad_batch(p.batch, int(longest[0 if p.is_query else 1]), pad_id)
-    for p in out:
-        p.template_starts = template_span_starts(p.batch["input_ids"], p.batch["ret_positions"], processor.tokenizer)
+    if not template_loss:  # found only when used: the default step does no per-row scan
+        for p in out:
+            p.template_starts = template_span_starts(p.batch["input_ids"], p.batch["ret_positions"],
+                                                     processor.tokenizer)
     return out
 
 
 def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
-              from_padding: bool = True, template_loss: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+              from_padding: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of one step's loss, normalised so that the shares of all ranks add up to the loss of
-    the whole ``chunk`` on one process (``template_loss`` False: the fixed prompt suffix is not predicted,
-    :func:`lm_labels`): per side (queries, documents), its fraction of the chunk's rows x
+    the whole ``chunk`` on one process (a part with ``template_starts`` leaves its fixed prompt suffix
+    unpredicted, :func:`lm_labels`): per side (queries, documents), its fraction of the chunk's rows x
     (mean next-token loss + ``answer_weight`` x mean answer loss), every mean taken over the *global* count
     (summed over ranks). The gradients summed over ranks (:func:`puma.distributed.all_reduce_grads`) are then
     the single-process gradient. Returns the local loss and the step's logged terms (already summed)."""
     from puma.distributed import all_reduce_sum
 
     terms = {p.is_query: pretrain_terms(model, p.batch, p.targets, p.kinds, from_padding=from_padding,
-                                        template_starts=None if template_loss else p.template_starts) for p in parts}
+                                        template_starts=p.template_starts) for p in parts}
     counts = torch.tensor([float(getattr(terms.get(side), attr, 0)) for side in (True, False)
                            for attr in ("lm_count", "answer_count")], dtype=torch.float64)
     all_reduce_sum(counts)
@@ -500,8 +504,8 @@ def pretrain_base(
         opt.zero_grad()
         # The answer loss is logged per input kind (text answers can be copied from the input, image answers
         # must be read from the pixels).
-        parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank)
-        loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding, template_loss)
+        parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank, template_loss)
+        loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding)
         loss.backward()
         distributed.all_reduce_grads(params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # before clipping

@@ -95,11 +95,21 @@ def test_predicting_from_padding_adds_a_constant_without_gradient(tiny_dir):
 def test_template_loss_off_drops_exactly_the_fixed_suffix(tiny_dir):
     """pretrain.template_loss: false leaves out the labels from "Summarize above" to [RET] (the same words in
     every row) and nothing else: the content, the answer's row end and the system turn stay labelled."""
+    import random
+
     from PIL import Image
+    from transformers import Qwen2VLForConditionalGeneration
 
     from puma.model.encoding import collate
     from puma.model.processor import load_processor
-    from puma.train.pretrain import template_span_starts
+    from puma.train.pretrain import (
+        AnswerTargets,
+        pretrain_examples,
+        pretrain_terms,
+        step_batches,
+        step_loss,
+        template_span_starts,
+    )
 
     proc = load_processor(tiny_dir)
     items = [{"text": "a red circle"}, {"text": "a much longer blue star.", "image": Image.new("RGB", (56, 56), "red")}]
@@ -113,6 +123,18 @@ def test_template_loss_off_drops_exactly_the_fixed_suffix(tiny_dir):
         assert text.startswith("Summarize above") and text.endswith("[RET]") and "in one word:" in text
         assert "circle" in proc.tokenizer.decode(batch["input_ids"][row, :start]) or row == 1
     assert (lean[:, -3:] == full[:, -3:]).all()  # after [RET]: the answer's "." and the turn's end
+    # Through a pretraining step: the starts are found only when the suffix is left out, and it lowers the count
+    chunk = pretrain_examples(entity_pairs(4, seed=0), seed=0)
+    counts = []
+    for template_loss in (True, False):
+        parts = step_batches(proc, chunk, PromptSettings(), "[RET]", random.Random(0), AnswerTargets(proc.tokenizer),
+                             template_loss=template_loss)
+        assert all((p.template_starts is None) == template_loss for p in parts)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir)
+        counts.append(sum(pretrain_terms(model, p.batch, p.targets, template_starts=p.template_starts).lm_count
+                          for p in parts))
+        step_loss(model, parts, chunk, 4.0)  # runs on either
+    assert counts[1] < counts[0]
     bad = batch["input_ids"].clone()
     bad[1, : batch["ret_positions"][1]] = proc.tokenizer.pad_token_id
     with pytest.raises(ValueError, match="row 1: no 'Summarize above'"):
