@@ -133,7 +133,20 @@ class PretrainSettings(_Section):
     # The fixed prompt suffix between the content and [RET] ("Summarize above ... in one word: ...") is predicted
     # like any text (the shipped recipe) or not (false; docs/results/reproducibility.md).
     template_loss: bool = True
+    # The first text_steps steps take text rows only (a text phase, as Qwen2-VL's language model was pretrained
+    # before it saw pictures), the rest all rows (puma.train.pretrain.step_chunks).
+    text_steps: int = Field(0, ge=0)
+    # lm_head's learning rate as a fraction of lr for the first head_lr_steps steps, then lr
+    # (puma.train.pretrain.head_param_groups)
+    head_lr_scale: float = Field(1.0, gt=0)
+    head_lr_steps: int = Field(0, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _text_phase_within(self) -> PretrainSettings:
+        if 0 < self.steps < self.text_steps:  # steps 0 (off) keeps any text_steps
+            raise ValueError(f"pretrain.text_steps ({self.text_steps}) > pretrain.steps ({self.steps})")
+        return self
 
 
 class Stage2Settings(_StageSettings):

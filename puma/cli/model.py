@@ -103,7 +103,8 @@ def pretrain(
         record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
                                lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
                                schedule=cfg.schedule, predict_from_padding=cfg.predict_from_padding,
-                               template_loss=cfg.template_loss,
+                               template_loss=cfg.template_loss, text_steps=cfg.text_steps,
+                               head_lr_scale=cfg.head_lr_scale, head_lr_steps=cfg.head_lr_steps,
                                ret_token=settings.model.ret_token, log=typer.echo)
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "

@@ -50,9 +50,9 @@ def content_words(text: str | None) -> list[str]:
 def word_classes() -> dict[str, tuple[str, ...]]:
     """The words that name things in MBEIR-mini's world (puma.data.vocab), by class, in the form the world
     writes them: colours, shapes, garments, sizes, positions, textures, regions, and entity names and kinds
-    (capitalised: "Juniperhill", "Castle", one token each in the tiny tokenizer). These are the answers
-    after ``[RET]``: an item's state must say *which* item it is, not how its caption was phrased. Within a
-    class the world draws the values evenly, so a state that ignores its input gains nothing."""
+    (capitalised: "Juniperhill", "Castle"; a word's answer is its first token that is not a bare space,
+    :func:`_first_token`). These are the answers after ``[RET]``: an item's state must say *which* item it
+    is, not how its caption was phrased. Within a class the world draws the values evenly, so a state that ignores its input gains nothing."""
     from puma.data import vocab
 
     names = {n.split()[0] for n in vocab.ENTITIES}
@@ -124,9 +124,77 @@ def pretrain_examples(pairs, seed: int) -> list[tuple[dict, bool, list[str]]]:
     return out
 
 
+def step_chunks(examples: list, step_rows: int, steps: int, text_steps: int = 0):
+    """Each pretraining step's rows (``step_rows`` of :func:`pretrain_examples`), in order: the first
+    ``text_steps`` steps cycle through the text-only rows, the rest through all rows from the start.
+
+    The text phase is the miniature of an MLLM's history (Qwen2-VL's language model was a pretrained Qwen2
+    before it saw pictures): on text rows the answer can be copied from the input, and the ``[RET]`` states
+    learn to read their input there without the image rows' answers, which the untrained vision tower cannot
+    yet see, adding noise. Without it, when the states leave their early collapse was a draw over seeds and
+    machines (docs/results/reproducibility.md)."""
+    if not 0 <= text_steps <= steps:
+        raise ValueError(f"pretrain.text_steps must be within 0..steps ({steps}), got {text_steps}")
+    text = [e for e in examples if not _has_image(e[0])]
+    if text_steps and len(text) < step_rows:
+        raise ValueError(f"pretrain.text_steps: a text step needs {step_rows} text rows, the data has {len(text)}")
+    cursor = text_cursor = 0
+    for step in range(steps):
+        if step < text_steps:
+            yield [text[(text_cursor + i) % len(text)] for i in range(step_rows)]
+            text_cursor += step_rows
+        else:
+            yield [examples[(cursor + i) % len(examples)] for i in range(step_rows)]
+            cursor += step_rows
+
+
+def head_param_groups(model, lr: float) -> list[dict]:
+    """The optimiser's parameter groups of base pretraining: every parameter but lm_head, then lm_head, both at
+    ``lr``; the schedule scales the head's group by ``pretrain.head_lr_scale`` for the first
+    ``pretrain.head_lr_steps`` steps (:func:`pretrain_base`).
+
+    Why a slower head at first: at the start every ``[RET]`` state is nearly the same vector (mean cosine 0.998 on the
+    tiny base), so the head's gradient is dominated by the batch's label counts along that shared vector, noise
+    that Adam's per-coordinate normalisation turns into full-size steps; under a head that random-walks, a
+    state that varies with its input only adds loss, and the states collapsed onto one and left the collapse
+    at a step that was a draw over seeds and machines (docs/results/reproducibility.md). Once the states say
+    what their input is, the head learns at the full rate."""
+    head = model.get_output_embeddings().weight
+    rest = [p for p in model.parameters() if p is not head]
+    return [{"params": rest, "lr": lr}, {"params": [head], "lr": lr}]
+
+
+def lr_factors(steps: int, schedule: str = "constant", head_lr_scale: float = 1.0, head_lr_steps: int = 0):
+    """The learning-rate factor per step of :func:`head_param_groups`' two groups (``LambdaLR``'s lambdas): a
+    linear warm-up over the first 5% of the steps, then constant (``schedule: constant``) or a linear decay to 0
+    (``linear``); the head's factor is also scaled by ``head_lr_scale`` for the first ``head_lr_steps`` steps."""
+    if schedule not in ("constant", "linear"):
+        raise ValueError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
+    if head_lr_scale <= 0 or head_lr_steps < 0:
+        raise ValueError(f"pretrain.head_lr_scale must be > 0 and head_lr_steps >= 0, got {head_lr_scale}, "
+                         f"{head_lr_steps}")
+    warm = max(1, steps // 20)
+
+    def body(s: int) -> float:
+        # Constant after the warm-up by default: the [RET] states leave their early collapse only after some
+        # hundred steps (issue 14, docs/results/zero_shot.md); a decaying rate stalls them inside it.
+        decay = max(0.0, (steps - s) / max(1, steps - warm)) if schedule == "linear" else 1.0
+        return min(1.0, (s + 1) / warm) * decay
+
+    def head(s: int) -> float:
+        return body(s) * (head_lr_scale if s < head_lr_steps else 1.0)
+
+    return [body, head]
+
+
 def _first_token(tokenizer, word: str) -> int:
-    """The first token of ``word`` as it follows ``[RET]`` in ``"[RET] word."`` (a leading space)."""
-    return tokenizer.encode(" " + word, add_special_tokens=False)[0]
+    """The first token of ``word`` as it follows ``[RET]`` in ``"[RET] word."`` (a leading space) that is not
+    whitespace alone. A word the tokenizer has no space-prefixed token for starts with a bare space token
+    (87 of MBEIR-mini's 384 entity names in the tiny tokenizer: " Northwater" = "Ġ" + "Northwater"); that
+    token names no word, and as their shared answer it was a within-class shortcut a constant state could
+    learn (23% of the name class on one token)."""
+    ids = tokenizer.encode(" " + word, add_special_tokens=False)
+    return next((i for i in ids if tokenizer.decode([i]).strip()), ids[0])
 
 
 class AnswerTargets:
@@ -443,7 +511,8 @@ def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
 def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
-    schedule: str = "constant", predict_from_padding: bool = True, template_loss: bool = True, log=None,
+    schedule: str = "constant", predict_from_padding: bool = True, template_loss: bool = True,
+    text_steps: int = 0, head_lr_scale: float = 1.0, head_lr_steps: int = 0, log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
 
@@ -451,6 +520,8 @@ def pretrain_base(
     each step takes the next ``batch_size x N`` rows, every rank its slice, and the summed gradients are the
     gradient one process would get from the whole step (:func:`step_loss`): N processes follow one process
     with ``batch_size x N`` rows (tests/pipeline/test_pretrain_distributed.py). Rank 0 writes ``out``.
+    ``text_steps``: the first steps take text rows only (:func:`step_chunks`). ``head_lr_scale``: lm_head's
+    learning rate as a fraction of ``lr`` for the first ``head_lr_steps`` steps (:func:`head_param_groups`).
     """
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -489,18 +560,10 @@ def pretrain_base(
     rng = random.Random(seed)
     targets_of = AnswerTargets(processor.tokenizer)
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    if schedule not in ("constant", "linear"):
-        raise ValueError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
-    warm = max(1, steps // 20)
-    # Constant after the warm-up by default: the [RET] states leave their early collapse only after several
-    # hundred steps (issue 14, docs/results/zero_shot.md); a decaying rate stalls them inside it.
-    decay = (lambda s: max(0.0, (steps - s) / max(1, steps - warm))) if schedule == "linear" else (lambda s: 1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * decay(s))
-    log_rows, start, cursor = [], time.perf_counter(), 0
-    for step in range(steps):
-        chunk = [examples[(cursor + i) % len(examples)] for i in range(step_rows)]
-        cursor += step_rows
+    opt = torch.optim.AdamW(head_param_groups(model, lr), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(steps, schedule, head_lr_scale, head_lr_steps))
+    log_rows, start = [], time.perf_counter()
+    for step, chunk in enumerate(step_chunks(examples, step_rows, steps, text_steps)):
         opt.zero_grad()
         # The answer loss is logged per input kind (text answers can be copied from the input, image answers
         # must be read from the pixels).
@@ -522,7 +585,9 @@ def pretrain_base(
     _check_in_sync(params)
     record = {"steps": steps, "batch_size": batch_size, "processes": world, "lr": lr, "answer_weight": answer_weight,
               "head_init": head_init, "schedule": schedule, "predict_from_padding": predict_from_padding,
-              "template_loss": template_loss, "seed": seed,
+              "template_loss": template_loss, "text_steps": text_steps, "head_lr_scale": head_lr_scale,
+              "head_lr_steps": head_lr_steps,
+              "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
               "seconds": round(time.perf_counter() - start, 1),
               "numerics": numerics()}  # round-off differs by machine, and this training is chaotic in it

@@ -24,7 +24,7 @@ def text_pairs(n: int, seed: int = 0) -> list[dict]:
 def entity_pairs(n: int, seed: int = 0, held_out: bool = False) -> list[dict]:
     """Knowledge pairs: an entity's name alone -> a description of it without the name ("Aldermoor" -> "a red
     star, dotted"): the query and its positive share no word, so matching them takes what a model learnt
-    about the name (MBEIR-mini's entity names, one token each in the tiny tokenizer). ``held_out``: the same
+    about the name (MBEIR-mini's entity names). ``held_out``: the same
     entities described in another phrasing ("one dotted star coloured red")."""
     from puma.data import vocab
 
