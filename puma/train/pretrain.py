@@ -52,7 +52,8 @@ def word_classes() -> dict[str, tuple[str, ...]]:
     writes them: colours, shapes, garments, sizes, positions, textures, regions, and entity names and kinds
     (capitalised: "Juniperhill", "Castle"; a word's answer is its first token that is not a bare space,
     :func:`_first_token`). These are the answers after ``[RET]``: an item's state must say *which* item it
-    is, not how its caption was phrased. Within a class the world draws the values evenly, so a state that ignores its input gains nothing."""
+    is, not how its caption was phrased. Within a class the world draws the values evenly, so a state that
+    ignores its input gains nothing."""
     from puma.data import vocab
 
     names = {n.split()[0] for n in vocab.ENTITIES}
@@ -153,8 +154,8 @@ def head_param_groups(model, lr: float) -> list[dict]:
     ``lr``; the schedule scales the head's group by ``pretrain.head_lr_scale`` for the first
     ``pretrain.head_lr_steps`` steps (:func:`pretrain_base`).
 
-    Why a slower head at first: at the start every ``[RET]`` state is nearly the same vector (mean cosine 0.998 on the
-    tiny base), so the head's gradient is dominated by the batch's label counts along that shared vector, noise
+    Why a slower head at first: at the start every ``[RET]`` state is nearly the same vector (mean cosine
+    0.998 on the tiny base), so the head's gradient is dominated by the batch's label counts along that shared vector, noise
     that Adam's per-coordinate normalisation turns into full-size steps; under a head that random-walks, a
     state that varies with its input only adds loss, and the states collapsed onto one and left the collapse
     at a step that was a draw over seeds and machines (docs/results/reproducibility.md). Once the states say
