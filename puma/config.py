@@ -140,6 +140,14 @@ class PretrainSettings(_Section):
     # (puma.train.pretrain.head_param_groups)
     head_lr_scale: float = Field(1.0, gt=0)
     head_lr_steps: int = Field(0, ge=0)
+    # the vision tower's learning rate as a fraction of lr, every step (puma.train.pretrain.head_param_groups)
+    vision_lr_scale: float = Field(1.0, gt=0)
+    # caption pairs (caption -> picture, picture -> caption) also give the captioned picture, whose caption's
+    # next-token loss is captioning (puma.train.pretrain.caption_row)
+    caption_rows: bool = False
+    # the token after a picture's last token (<|vision_end|>) is predicted from that picture token (the shipped
+    # recipe) or not (false; puma.train.pretrain.lm_labels)
+    predict_after_picture: bool = True
     seed: int = 0
 
     @model_validator(mode="after")

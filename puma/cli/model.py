@@ -105,6 +105,8 @@ def pretrain(
                                schedule=cfg.schedule, predict_from_padding=cfg.predict_from_padding,
                                template_loss=cfg.template_loss, text_steps=cfg.text_steps,
                                head_lr_scale=cfg.head_lr_scale, head_lr_steps=cfg.head_lr_steps,
+                               vision_lr_scale=cfg.vision_lr_scale, caption_rows=cfg.caption_rows,
+                               predict_after_picture=cfg.predict_after_picture,
                                ret_token=settings.model.ret_token, log=typer.echo)
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "

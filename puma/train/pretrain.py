@@ -111,9 +111,23 @@ def _has_image(item) -> bool:
     return isinstance(item, dict) and item.get("image") is not None
 
 
-def pretrain_examples(pairs, seed: int) -> list[tuple[dict, bool, list[str]]]:
+def caption_row(pair: dict) -> dict | None:
+    """A captioned picture from a pair whose one side is a picture alone and the other its text alone (MBEIR-mini's
+    caption columns: caption -> image, image -> caption): ``{"image": picture, "text": caption}``, else None. In
+    the retriever's candidate form its caption is text after the picture, so the next-token loss on it is
+    captioning: every caption word is predicted from the picture and the words before it."""
+    q, p = pair["query"], pair["positive"]
+    for img, txt in ((q, p), (p, q)):
+        if _has_image(img) and not img.get("text") and not _has_image(txt) and txt.get("text"):
+            return {"image": img["image"], "text": txt["text"]}
+    return None
+
+
+def pretrain_examples(pairs, seed: int, caption_rows: bool = False) -> list[tuple[dict, bool, list[str]]]:
     """``(item, is_query, words)`` per side of every (query, positive) pair (:func:`pair_words`); pairs
-    without any word are dropped; shuffled with ``seed``."""
+    without any word are dropped; with ``caption_rows`` (``pretrain.caption_rows``) a caption pair also gives
+    its captioned picture (:func:`caption_row`, in the candidate form, the pair's words); shuffled with
+    ``seed``."""
     out = []
     for pair in pairs:
         words = pair_words(pair)
@@ -121,6 +135,8 @@ def pretrain_examples(pairs, seed: int) -> list[tuple[dict, bool, list[str]]]:
             continue
         out.append((pair["query"], True, words))
         out.append((pair["positive"], False, words))
+        if caption_rows and (row := caption_row(pair)) is not None:
+            out.append((row, False, words))
     random.Random(seed).shuffle(out)
     return out
 
@@ -150,30 +166,41 @@ def step_chunks(examples: list, step_rows: int, steps: int, text_steps: int = 0)
 
 
 def head_param_groups(model, lr: float) -> list[dict]:
-    """The optimiser's parameter groups of base pretraining: every parameter but lm_head, then lm_head, both at
-    ``lr``; the schedule scales the head's group by ``pretrain.head_lr_scale`` for the first
-    ``pretrain.head_lr_steps`` steps (:func:`pretrain_base`).
+    """The optimiser's parameter groups of base pretraining, all at ``lr`` (:func:`lr_factors` scales them per
+    step): the language model (every parameter not below), lm_head, then the vision tower (``model.visual``).
+    The schedule scales the head's group by ``pretrain.head_lr_scale`` for the first ``pretrain.head_lr_steps``
+    steps and the vision tower's by ``pretrain.vision_lr_scale`` throughout (:func:`pretrain_base`).
 
     Why a slower head at first: at the start every ``[RET]`` state is nearly the same vector (mean cosine
     0.998 on the tiny base), so the head's gradient is dominated by the batch's label counts along that shared vector, noise
     that Adam's per-coordinate normalisation turns into full-size steps; under a head that random-walks, a
     state that varies with its input only adds loss, and the states collapsed onto one and left the collapse
     at a step that was a draw over seeds and machines (docs/results/reproducibility.md). Once the states say
-    what their input is, the head learns at the full rate."""
+    what their input is, the head learns at the full rate.
+
+    Why a slower vision tower: at the language model's rate the tower's output grows without bound (per visual
+    token from 0.2 on the tiny base to 130-1000 after 1000-4000 steps, against text embedding rows of ~0.7)
+    along one shared direction, until every picture gives the decoder the same tokens (cosine 0.9999) and
+    every image-only input the same ``[RET]`` state (docs/results/reproducibility.md, session 27)."""
     head = model.get_output_embeddings().weight
-    rest = [p for p in model.parameters() if p is not head]
-    return [{"params": rest, "lr": lr}, {"params": [head], "lr": lr}]
+    visual = getattr(getattr(model, "model", model), "visual", None)
+    vision = list(visual.parameters()) if visual is not None else []
+    seen = {id(head), *map(id, vision)}
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    return [{"params": rest, "lr": lr}, {"params": [head], "lr": lr}, {"params": vision, "lr": lr}]
 
 
-def lr_factors(steps: int, schedule: str = "constant", head_lr_scale: float = 1.0, head_lr_steps: int = 0):
-    """The learning-rate factor per step of :func:`head_param_groups`' two groups (``LambdaLR``'s lambdas): a
-    linear warm-up over the first 5% of the steps, then constant (``schedule: constant``) or a linear decay to 0
-    (``linear``); the head's factor is also scaled by ``head_lr_scale`` for the first ``head_lr_steps`` steps."""
+def lr_factors(steps: int, schedule: str = "constant", head_lr_scale: float = 1.0, head_lr_steps: int = 0,
+               vision_lr_scale: float = 1.0):
+    """The learning-rate factor per step of :func:`head_param_groups`' three groups (``LambdaLR``'s lambdas: the
+    language model, lm_head, the vision tower): a linear warm-up over the first 5% of the steps, then constant
+    (``schedule: constant``) or a linear decay to 0 (``linear``); the head's factor is also scaled by
+    ``head_lr_scale`` for the first ``head_lr_steps`` steps, the vision tower's by ``vision_lr_scale`` always."""
     if schedule not in ("constant", "linear"):
         raise ValueError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
-    if head_lr_scale <= 0 or head_lr_steps < 0:
-        raise ValueError(f"pretrain.head_lr_scale must be > 0 and head_lr_steps >= 0, got {head_lr_scale}, "
-                         f"{head_lr_steps}")
+    if head_lr_scale <= 0 or head_lr_steps < 0 or vision_lr_scale <= 0:
+        raise ValueError(f"pretrain.head_lr_scale and vision_lr_scale must be > 0 and head_lr_steps >= 0, got "
+                         f"{head_lr_scale}, {vision_lr_scale}, {head_lr_steps}")
     warm = max(1, steps // 20)
 
     def body(s: int) -> float:
@@ -185,7 +212,10 @@ def lr_factors(steps: int, schedule: str = "constant", head_lr_scale: float = 1.
     def head(s: int) -> float:
         return body(s) * (head_lr_scale if s < head_lr_steps else 1.0)
 
-    return [body, head]
+    def vision(s: int) -> float:
+        return body(s) * vision_lr_scale
+
+    return [body, head, vision]
 
 
 def _first_token(tokenizer, word: str) -> int:
@@ -257,7 +287,8 @@ def template_span_starts(input_ids: torch.Tensor, ret_positions: torch.Tensor, t
     return starts
 
 
-def lm_labels(batch, from_padding: bool = True, template_starts: list[int] | None = None) -> torch.Tensor:
+def lm_labels(batch, from_padding: bool = True, template_starts: list[int] | None = None,
+              after_pictures: bool = True) -> torch.Tensor:
     """Next-token labels: the input ids with padding and image tokens set to -100 (not predicted).
 
     ``from_padding`` (``pretrain.predict_from_padding``): a left-padded row's first token stays a label, so
@@ -268,11 +299,20 @@ def lm_labels(batch, from_padding: bool = True, template_starts: list[int] | Non
     ``template_starts`` (``pretrain.template_loss: false``; :func:`template_span_starts`): per row, where the
     fixed suffix starts; its tokens up to and including ``[RET]`` are then not predicted. They are the same in
     every row, so predicting them rewards states that ignore the content at exactly the positions ``[RET]``
-    reads from (docs/results/reproducibility.md)."""
+    reads from (docs/results/reproducibility.md).
+
+    ``after_pictures`` (``pretrain.predict_after_picture``): the token after a picture's last token (its
+    ``<|vision_end|>``, the same in every row) stays a label, predicted from that picture token (the shipped
+    recipe); False predicts nothing from a picture's token. Predicting it there made the vision tower's output
+    grow twice as fast (norm 145 vs 64 after 600 steps), the pictures' colour and shape no more readable either
+    way (docs/results/reproducibility.md, session 27)."""
     labels = batch["input_ids"].clone()
     mask = batch["attention_mask"]
     labels[mask == 0] = -100
-    labels[batch["mm_token_type_ids"] != 0] = -100
+    pictures = batch["mm_token_type_ids"] != 0
+    labels[pictures] = -100
+    if not after_pictures:
+        labels[:, 1:][pictures[:, :-1]] = -100
     if not from_padding:
         labels[:, 1:][mask[:, :-1] == 0] = -100
     if template_starts is not None:
@@ -298,7 +338,7 @@ class PretrainTerms:
 
 def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] | None = None,
                    full_logits: bool = False, from_padding: bool = True,
-                   template_starts: list[int] | None = None) -> PretrainTerms:
+                   template_starts: list[int] | None = None, after_pictures: bool = True) -> PretrainTerms:
     """The summed next-token loss over the text tokens and the summed answer loss at ``[RET]``.
 
     ``targets``: per row, the item's answers (:func:`answer_targets`: a token and its class's tokens).
@@ -313,7 +353,7 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
     logging. ``full_logits``: the naive path, lm_head over every position ``(B, S, V)``, an ignore-index
     cross-entropy and one answer word at a time (the oracle of the default, which projects only the positions
     the loss reads and takes one logsumexp per word class; tests and bench/pretrain_step.py).
-    ``from_padding``, ``template_starts``: :func:`lm_labels`.
+    ``from_padding``, ``template_starts``, ``after_pictures``: :func:`lm_labels`.
     """
     import torch.nn.functional as F
 
@@ -321,7 +361,7 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
     from puma.model.prune import qwen2vl_model
 
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    labels = lm_labels(batch, from_padding, template_starts)
+    labels = lm_labels(batch, from_padding, template_starts, after_pictures)
     rows = torch.arange(labels.shape[0])
     pos = batch["ret_positions"]
     if targets is not None:
@@ -469,7 +509,7 @@ def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, t
 
 
 def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
-              from_padding: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+              from_padding: bool = True, after_pictures: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of one step's loss, normalised so that the shares of all ranks add up to the loss of
     the whole ``chunk`` on one process (a part with ``template_starts`` leaves its fixed prompt suffix
     unpredicted, :func:`lm_labels`): per side (queries, documents), its fraction of the chunk's rows x
@@ -479,7 +519,8 @@ def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
     from puma.distributed import all_reduce_sum
 
     terms = {p.is_query: pretrain_terms(model, p.batch, p.targets, p.kinds, from_padding=from_padding,
-                                        template_starts=p.template_starts) for p in parts}
+                                        template_starts=p.template_starts, after_pictures=after_pictures)
+             for p in parts}
     counts = torch.tensor([float(getattr(terms.get(side), attr, 0)) for side in (True, False)
                            for attr in ("lm_count", "answer_count")], dtype=torch.float64)
     all_reduce_sum(counts)
@@ -509,11 +550,42 @@ def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
     return loss, out
 
 
+class VisionNorm:
+    """The mean norm of the vision tower's output tokens (the merged visual tokens the decoder reads in place of
+    the image placeholders) over this process's forward passes since the last :meth:`read`: the health of the
+    picture side. On the tiny base it is ~0.2 (text embedding rows ~0.2-0.9); at the language model's learning
+    rate it grew to 130-1000 within 1000-4000 steps while the pictures' tokens became one vector
+    (:func:`head_param_groups`)."""
+
+    def __init__(self, model) -> None:
+        visual = getattr(getattr(model, "model", model), "visual", None)
+        merger = getattr(visual, "merger", None)
+        self.total, self.count = 0.0, 0
+        self._handle = merger.register_forward_hook(self._hook) if merger is not None else None
+
+    def _hook(self, _module, _inputs, output) -> None:
+        with torch.no_grad():
+            norms = output.detach().float().norm(dim=-1)
+        self.total += float(norms.sum())
+        self.count += norms.numel()
+
+    def read(self) -> float | None:
+        """The mean since the last read (None if no picture went through), then start again."""
+        value = self.total / self.count if self.count else None
+        self.total, self.count = 0.0, 0
+        return value
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+
 def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
     schedule: str = "constant", predict_from_padding: bool = True, template_loss: bool = True,
-    text_steps: int = 0, head_lr_scale: float = 1.0, head_lr_steps: int = 0, log=None,
+    text_steps: int = 0, head_lr_scale: float = 1.0, head_lr_steps: int = 0, vision_lr_scale: float = 1.0, caption_rows: bool = False,
+    predict_after_picture: bool = True, log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
 
@@ -522,7 +594,9 @@ def pretrain_base(
     gradient one process would get from the whole step (:func:`step_loss`): N processes follow one process
     with ``batch_size x N`` rows (tests/pipeline/test_pretrain_distributed.py). Rank 0 writes ``out``.
     ``text_steps``: the first steps take text rows only (:func:`step_chunks`). ``head_lr_scale``: lm_head's
-    learning rate as a fraction of ``lr`` for the first ``head_lr_steps`` steps (:func:`head_param_groups`).
+    learning rate as a fraction of ``lr`` for the first ``head_lr_steps`` steps, ``vision_lr_scale`` the vision
+    tower's throughout (:func:`head_param_groups`). ``caption_rows``: caption pairs also give captioned pictures
+    (:func:`caption_row`). ``predict_after_picture``: :func:`lm_labels`' ``after_pictures``.
     """
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -553,7 +627,7 @@ def pretrain_base(
             # attends to already scores them.
             model.lm_head.weight.copy_(model.get_input_embeddings().weight)
     model.train()
-    examples = pretrain_examples(pairs, seed)
+    examples = pretrain_examples(pairs, seed, caption_rows)
     step_rows = batch_size * world
     if len(examples) < step_rows:
         raise ValueError(f"pretraining needs at least {step_rows} examples ({batch_size} x {world} processes), "
@@ -562,14 +636,16 @@ def pretrain_base(
     targets_of = AnswerTargets(processor.tokenizer)
     params = list(model.parameters())
     opt = torch.optim.AdamW(head_param_groups(model, lr), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(steps, schedule, head_lr_scale, head_lr_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(steps, schedule, head_lr_scale, head_lr_steps,
+                                                                  vision_lr_scale))
     log_rows, start = [], time.perf_counter()
+    vision_norm = VisionNorm(model)
     for step, chunk in enumerate(step_chunks(examples, step_rows, steps, text_steps)):
         opt.zero_grad()
         # The answer loss is logged per input kind (text answers can be copied from the input, image answers
         # must be read from the pixels).
         parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank, template_loss)
-        loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding)
+        loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding, predict_after_picture)
         loss.backward()
         distributed.all_reduce_grads(params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # before clipping
@@ -577,17 +653,22 @@ def pretrain_base(
         sched.step()
         row = {"step": step + 1, **{k: round(v, 5) for k, v in terms.items()}, "grad_norm": round(grad_norm, 6),
                "lr": sched.get_last_lr()[0]}
+        if (vnorm := vision_norm.read()) is not None:  # this process's pictures (rank 0's in the log)
+            row["vision_norm"] = round(vnorm, 4)
         log_rows.append(row)
         if (step + 1) % 10 == 0 or step == 0:
             say(f"pretrain step {step + 1}/{steps} loss {terms['loss']:.3f} answer {terms['loss_answer']:.3f} "
                 f"(text {terms.get('loss_answer_text', float('nan')):.3f}, "
-                f"image {terms.get('loss_answer_image', float('nan')):.3f})")
+                f"image {terms.get('loss_answer_image', float('nan')):.3f}; vision tokens' norm "
+                f"{row.get('vision_norm', float('nan')):.2f})")
+    vision_norm.close()
     model.eval()
     _check_in_sync(params)
     record = {"steps": steps, "batch_size": batch_size, "processes": world, "lr": lr, "answer_weight": answer_weight,
               "head_init": head_init, "schedule": schedule, "predict_from_padding": predict_from_padding,
               "template_loss": template_loss, "text_steps": text_steps, "head_lr_scale": head_lr_scale,
-              "head_lr_steps": head_lr_steps,
+              "head_lr_steps": head_lr_steps, "vision_lr_scale": vision_lr_scale, "caption_rows": caption_rows,
+              "predict_after_picture": predict_after_picture,
               "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
               "seconds": round(time.perf_counter() - start, 1),

@@ -33,6 +33,52 @@ def test_content_words_and_examples_share_the_pair_words():
     assert pretrain_examples(pairs, seed=0) == ex  # deterministic
 
 
+def test_caption_rows_give_each_caption_pair_its_captioned_picture():
+    from puma.train.pretrain import caption_row
+
+    pairs = [{"query": {"text": "find a blue star", "instruction": "Find it."}, "positive": {"image": "x.jpg"}},
+             {"query": {"image": "y.jpg", "instruction": "Caption it."}, "positive": {"text": "A green ring."}},
+             {"query": {"image": "z.jpg", "text": "same ring"}, "positive": {"image": "w.jpg"}},  # composed: none
+             {"query": {"text": "a red cross"}, "positive": {"image": "v.jpg", "text": "A red cross."}}]  # none
+    assert caption_row(pairs[0]) == {"image": "x.jpg", "text": "find a blue star"}
+    assert caption_row(pairs[1]) == {"image": "y.jpg", "text": "A green ring."}  # no instruction: candidate form
+    assert caption_row(pairs[2]) is None and caption_row(pairs[3]) is None
+    plain, with_captions = pretrain_examples(pairs, seed=0), pretrain_examples(pairs, seed=0, caption_rows=True)
+    assert len(plain) == 8 and len(with_captions) == 10
+    extra = [e for e in with_captions if e not in plain]
+    assert sorted((e[0]["image"], e[1], tuple(e[2])) for e in extra) == [("x.jpg", False, ("blue", "star")),
+                                                                         ("y.jpg", False, ("green", "ring"))]
+
+
+def test_vision_norm_reads_the_merged_visual_tokens(tiny_dir, tmp_path):
+    """The logged health of the picture side: the mean norm of the vision tower's output tokens since the last
+    read, None when no picture went through; the hook is removed on close."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.encoding import MODEL_INPUTS, collate
+    from puma.model.processor import load_processor
+    from puma.train.pretrain import VisionNorm
+    from train_helpers import image_pairs
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    proc = load_processor(tiny_dir)
+    pairs = image_pairs(3, tmp_path / "img")
+    batch = collate(proc, [pairs[1]["query"], pairs[2]["query"]], True, PromptSettings())
+    meter = VisionNorm(model)
+    assert meter.read() is None
+    with torch.no_grad():
+        visual = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+        tokens = getattr(visual, "pooler_output", visual)
+        model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    # two forward passes through the tower: the direct call and the model's
+    assert meter.read() == pytest.approx(tokens.norm(dim=-1).mean().item(), rel=1e-5)
+    assert meter.read() is None  # reading starts again
+    meter.close()
+    with torch.no_grad():
+        model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    assert meter.read() is None
+
+
 def test_labels_mask_padding_and_images(tiny_dir):
     from puma.model.encoding import collate
     from puma.model.processor import load_processor
@@ -57,6 +103,31 @@ def test_labels_mask_padding_and_images(tiny_dir):
     rows = torch.arange(2)
     after_ret = batch["input_ids"][rows, batch["ret_positions"] + 1]
     assert proc.tokenizer.decode(after_ret[0]).strip() == "red"  # the word follows [RET]
+
+
+def test_a_pictures_tokens_are_not_labels_and_the_token_after_it_is_by_choice(tiny_dir, tmp_path):
+    """A picture's tokens are never labels; the token after its last one (<|vision_end|>, the same in every row)
+    is one in the shipped recipe (predicted from the picture's last token) and not with
+    pretrain.predict_after_picture false; the text after the picture is predicted as any text."""
+    from puma.model.encoding import collate
+    from puma.model.processor import load_processor
+    from train_helpers import image_pairs
+
+    proc = load_processor(tiny_dir)
+    pairs = image_pairs(3, tmp_path / "img")
+    batch = collate(proc, [pairs[2]["query"], {"text": "a red circle"}], True, PromptSettings(), answers=["red", "red"])
+    shipped = lm_labels(batch)
+    labels, ids = lm_labels(batch, after_pictures=False), batch["input_ids"]
+    picture = batch["mm_token_type_ids"][0] != 0
+    last = int(picture.nonzero().max())
+    assert picture.sum() > 0 and (labels[0][picture] == -100).all()
+    assert labels[0, last + 1] == -100 and proc.tokenizer.convert_ids_to_tokens(int(ids[0, last + 1])) == "<|vision_end|>"
+    real_text = (batch["attention_mask"][0] == 1) & ~picture
+    real_text[last + 1] = False
+    assert (labels[0][real_text] >= 0).all() and labels[0, last + 2] == ids[0, last + 2]
+    assert (labels[1][batch["attention_mask"][1] == 1] >= 0).all()  # a text row keeps every label
+    differ = (shipped != labels).nonzero().tolist()
+    assert differ == [[0, last + 1]] and shipped[0, last + 1] == ids[0, last + 1]
 
 
 def test_predicting_from_padding_adds_a_constant_without_gradient(tiny_dir):
@@ -186,7 +257,9 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
     recipe = load_settings(Path(__file__).resolve().parents[2] / "params.yaml").pretrain  # the shipped recipe
     pretrain_base(tiny_dir, tmp_path / "pt", pairs, PromptSettings(), steps=GUARD_STEPS, batch_size=16, lr=recipe.lr,
                   answer_weight=recipe.answer_weight, head_init=recipe.head_init, head_lr_scale=recipe.head_lr_scale,
-                  head_lr_steps=recipe.head_lr_steps, text_steps=min(recipe.text_steps, GUARD_STEPS), seed=GUARD_SEED)
+                  head_lr_steps=recipe.head_lr_steps, text_steps=min(recipe.text_steps, GUARD_STEPS), seed=GUARD_SEED,
+                  vision_lr_scale=recipe.vision_lr_scale, caption_rows=recipe.caption_rows,  # moot: no pictures
+                  predict_after_picture=recipe.predict_after_picture)
     proc = load_processor(tmp_path / "pt")
     full = _retrieval(Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "pt").eval(), proc, pairs)
     k4, k2 = (_retrieval(load_pruned(tmp_path / "pt", k).eval(), proc, pairs) for k in (4, 2))

@@ -1,5 +1,5 @@
-"""Base pretraining's recipe knobs: the text phase (pretrain.text_steps, step_chunks) and the slower lm_head
-(pretrain.head_lr_scale, head_param_groups)."""
+"""Base pretraining's recipe knobs: the text phase (pretrain.text_steps, step_chunks), the slower lm_head
+(pretrain.head_lr_scale, head_param_groups) and the slower vision tower (pretrain.vision_lr_scale)."""
 
 import pytest
 import torch
@@ -47,45 +47,55 @@ class _LM(torch.nn.Module):
         self.embed = torch.nn.Embedding(10, 4)
         self.body = torch.nn.Linear(4, 4)
         self.lm_head = torch.nn.Linear(4, 10, bias=False)
+        self.visual = torch.nn.Linear(4, 4)  # where Qwen2-VL keeps its vision tower: model.visual
+
+    def forward(self, ids):
+        return self.lm_head(self.body(self.embed(ids) + self.visual(self.embed(ids))))
 
     def get_output_embeddings(self):
         return self.lm_head
 
 
-def test_the_head_learns_at_its_own_rate_first_and_every_parameter_is_optimised_once():
+def test_the_head_and_the_vision_tower_learn_at_their_own_rates_and_every_parameter_is_optimised_once():
     from puma.train.pretrain import lr_factors
 
     model = _LM()
     groups = head_param_groups(model, 5e-3)
     assert groups[1]["params"] == [model.lm_head.weight]
+    assert groups[2]["params"] == list(model.visual.parameters())
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
-    # 100 steps: 5-step warm-up; the head at 0.1 x for the first 20 steps
+    # 100 steps: 5-step warm-up; the head at 0.1 x for the first 20 steps, the vision tower at 0.2 x always
     opt = torch.optim.AdamW(groups, lr=5e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(100, "constant", 0.1, 20))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(100, "constant", 0.1, 20, 0.2))
     lrs = []
     for _ in range(30):
         lrs.append([g["lr"] for g in opt.param_groups])
         opt.zero_grad()
-        model.lm_head(model.body(model.embed(torch.tensor([1, 2, 3])))).logsumexp(-1).sum().backward()
+        model(torch.tensor([1, 2, 3])).logsumexp(-1).sum().backward()
         opt.step()
         sched.step()
-    assert lrs[0] == [pytest.approx(1e-3), pytest.approx(1e-4)]  # warm-up step 1 of 5
-    assert lrs[10] == [pytest.approx(5e-3), pytest.approx(5e-4)] and lrs[19][1] == pytest.approx(5e-4)
-    assert lrs[20] == [pytest.approx(5e-3), pytest.approx(5e-3)]  # the head at the full rate from step 21
+    assert lrs[0] == [pytest.approx(1e-3), pytest.approx(1e-4), pytest.approx(2e-4)]  # warm-up step 1 of 5
+    assert lrs[10] == [pytest.approx(5e-3), pytest.approx(5e-4), pytest.approx(1e-3)] and lrs[19][1] == pytest.approx(5e-4)
+    # the head at the full rate from step 21, the vision tower still at 0.2 x
+    assert lrs[20] == [pytest.approx(5e-3), pytest.approx(5e-3), pytest.approx(1e-3)]
     # Adam's very first step moves each weight by about its group's lr
     model2 = _LM()
     opt2 = torch.optim.AdamW(head_param_groups(model2, 5e-3), lr=5e-3, weight_decay=0.0)
-    torch.optim.lr_scheduler.LambdaLR(opt2, lr_factors(1, "constant", 0.1, 1))
+    torch.optim.lr_scheduler.LambdaLR(opt2, lr_factors(1, "constant", 0.1, 1, 0.2))
     before = {n: p.detach().clone() for n, p in model2.named_parameters()}
-    model2.lm_head(model2.body(model2.embed(torch.tensor([1, 2, 3])))).logsumexp(-1).sum().backward()
+    model2(torch.tensor([1, 2, 3])).logsumexp(-1).sum().backward()
     opt2.step()
     moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model2.named_parameters()}
     assert moved["lm_head.weight"] == pytest.approx(5e-4, rel=1e-3) and moved["body.weight"] == pytest.approx(5e-3, rel=1e-3)
-    # linear: decays to 0 after the warm-up, the head's first steps scaled as well
-    body, head = lr_factors(100, "linear", 0.5, 10)
+    assert moved["visual.weight"] == pytest.approx(1e-3, rel=1e-3)
+    # linear: decays to 0 after the warm-up, the head's first steps and the vision tower scaled as well
+    body, head, vision = lr_factors(100, "linear", 0.5, 10, 0.25)
     assert body(99) < body(50) < body(10) == pytest.approx(1.0, abs=0.06) and head(5) == pytest.approx(0.5 * body(5))
+    assert vision(50) == pytest.approx(0.25 * body(50)) and head(50) == pytest.approx(body(50))
     with pytest.raises(ValueError, match="head_lr_scale"):
         lr_factors(10, "constant", 0.0, 5)
+    with pytest.raises(ValueError, match="vision_lr_scale"):
+        lr_factors(10, "constant", 1.0, 5, 0.0)
     with pytest.raises(ValueError, match="schedule"):
         lr_factors(10, "cosine")

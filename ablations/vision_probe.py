@@ -1,0 +1,66 @@
+"""What do a checkpoint's pictures tell its decoder? Linear probes of colour and shape (puma.model.probe).
+
+For the image-only object pictures of MBEIR-mini's local pools: a ridge classifier's accuracy at reading the
+object's colour and shape from the raw pixels' patch mean, from the vision tower's output tokens and from the
+candidate prompt's [RET] state (fitted on 2/3 of the pictures, scored on the rest). A base whose vision tower
+learnt to see should beat its random init (artifacts/tiny) on the tower's tokens; session 27 found the
+pretrained towers do not (docs/results/reproducibility.md).
+
+    python ablations/vision_probe.py artifacts/tiny artifacts/pretrained
+    python ablations/vision_probe.py artifacts/pretrained artifacts/pretrained@4 --data data/mbeir --limit 600
+
+Prints one row per checkpoint and a JSON summary. Needs data/mbeir (`dvc repro mbeir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def load(spec: str):
+    """``DIR`` (any checkpoint of the pipeline: the base, a pruned model, a trained stage) or ``DIR@k`` (the base's
+    first k decoder layers, puma.model.prune.load_pruned), with its processor."""
+    from puma.model.processor import load_processor
+    from puma.model.prune import load_pruned, load_qwen2vl
+
+    path, _, k = spec.partition("@")
+    return (load_pruned(path, int(k)) if k else load_qwen2vl(path)).eval(), load_processor(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    from puma.config import load_settings
+    from puma.model.probe import probe_checkpoint
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--data", default=str(REPO / "data" / "mbeir"))
+    ap.add_argument("--limit", type=int, default=960, help="pictures probed (2/3 fit, 1/3 scored)")
+    ap.add_argument("--params", default=str(REPO / "params.yaml"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    prompt = load_settings(args.params).prompt
+    summary = {}
+    print(f"{'checkpoint':40s} {'colour: pixels vision [RET]':>30s} {'shape: pixels vision [RET]':>30s}")
+    for ckpt in args.checkpoints:
+        model, processor = load(ckpt)
+        res = probe_checkpoint(model, processor, args.data, prompt, limit=args.limit)
+        summary[ckpt] = res
+        cells = ["  ".join(f"{res[a][k]:.2f}" for k in ("pixels", "vision", "ret")) + f" (chance {res[a]['chance']:.2f})"
+                 for a in ("color", "shape")]
+        print(f"{ckpt:40s} {cells[0]:>30s} {cells[1]:>30s}")
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
