@@ -3,8 +3,9 @@
 For the image-only object pictures of MBEIR-mini's local pools: a ridge classifier's accuracy at reading the
 object's colour and shape from the raw pixels' patch mean, from the vision tower's output tokens and from the
 candidate prompt's [RET] state (fitted on 2/3 of the pictures, scored on the rest). A base whose vision tower
-learnt to see should beat its random init (artifacts/tiny) on the tower's tokens; session 27 found the
-pretrained towers do not (docs/results/reproducibility.md).
+learnt to see should beat its random init (artifacts/tiny) on the tower's tokens, and its [RET] should read what
+the tokens carry; session 27 found the shipped recipe's towers at most 0.1 better on colour and worse on shape,
+and their [RET] reading less than the random base's (docs/results/reproducibility.md).
 
     python ablations/vision_probe.py artifacts/tiny artifacts/pretrained
     python ablations/vision_probe.py artifacts/pretrained artifacts/pretrained@4 --data data/mbeir --limit 600

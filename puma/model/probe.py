@@ -60,7 +60,7 @@ def picture_features(model, processor, items: list[dict], prompt, batch_size: in
     Qwen2-VL ForConditionalGeneration or a pruned retriever backbone with ``.model.visual``."""
     from puma.model.encoding import collate, ret_states
 
-    visual = getattr(getattr(model, "model", model), "visual")
+    visual = getattr(model, "model", model).visual
     parts: dict[str, list[np.ndarray]] = {"pixels": [], "vision": [], "ret": []}
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]

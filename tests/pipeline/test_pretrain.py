@@ -13,7 +13,7 @@ from puma.config import PromptSettings, load_settings
 from puma.train.pretrain import content_words, lm_labels, pretrain_examples
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import entity_pairs
+from train_helpers import entity_pairs, image_pairs
 
 GUARD_STEPS = 300  # the guard's pretraining: ~70-150 s on one thread
 GUARD_SEED = int(os.environ.get("PUMA_TEST_GUARD_SEED", "0"))  # the guard's pretrain.seed; other draws: set it
@@ -58,7 +58,6 @@ def test_vision_norm_reads_the_merged_visual_tokens(tiny_dir, tmp_path):
     from puma.model.encoding import MODEL_INPUTS, collate
     from puma.model.processor import load_processor
     from puma.train.pretrain import VisionNorm
-    from train_helpers import image_pairs
 
     model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
     proc = load_processor(tiny_dir)
@@ -111,7 +110,6 @@ def test_a_pictures_tokens_are_not_labels_and_the_token_after_it_is_by_choice(ti
     pretrain.predict_after_picture false; the text after the picture is predicted as any text."""
     from puma.model.encoding import collate
     from puma.model.processor import load_processor
-    from train_helpers import image_pairs
 
     proc = load_processor(tiny_dir)
     pairs = image_pairs(3, tmp_path / "img")
