@@ -57,10 +57,11 @@ def object_pictures(root: str | Path, limit: int = 960, seed: int = 0) -> list[t
 def picture_features(model, processor, items: list[dict], prompt, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Per item: ``pixels`` (the patch mean of the processor's pixel values), ``vision`` (the vision tower's output
     tokens, flattened) and ``ret`` (the final-norm ``[RET]`` state of the candidate prompt). ``model``: a
-    Qwen2-VL ForConditionalGeneration or a pruned retriever backbone with ``.model.visual``."""
+    Qwen2-VL ForConditionalGeneration or a (pruned) ``Qwen2VLModel``."""
     from puma.model.encoding import collate, ret_states
+    from puma.model.prune import vision_tower
 
-    visual = getattr(model, "model", model).visual
+    visual = vision_tower(model)
     parts: dict[str, list[np.ndarray]] = {"pixels": [], "vision": [], "ret": []}
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]

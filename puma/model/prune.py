@@ -63,6 +63,15 @@ def qwen2vl_model(model) -> Qwen2VLModel:
     raise TypeError(f"no Qwen2VLModel inside {type(model).__name__}")
 
 
+def vision_tower(model):
+    """The vision tower (``.visual``) of a Qwen2-VL model in any wrapping (:func:`qwen2vl_model`), or of a bare
+    module that keeps one at ``.visual``; None for a model without one."""
+    try:
+        return qwen2vl_model(model).visual
+    except TypeError:
+        return getattr(model, "visual", None)
+
+
 def prune_layers(model, k: int) -> Qwen2VLModel:
     """Keep decoder layers ``0..k-1`` of ``model`` in place and return the ``Qwen2VLModel``.
 

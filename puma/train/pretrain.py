@@ -178,12 +178,14 @@ def head_param_groups(model, lr: float) -> list[dict]:
     at a step that was a draw over seeds and machines (docs/results/reproducibility.md). Once the states say
     what their input is, the head learns at the full rate.
 
-    Why a slower vision tower: at the language model's rate the tower's output grows without bound (per visual
-    token from 0.2 on the tiny base to 130-1000 after 1000-4000 steps, against text embedding rows of ~0.7)
-    along one shared direction, until every picture gives the decoder the same tokens (cosine 0.9999) and
-    every image-only input the same ``[RET]`` state (docs/results/reproducibility.md, session 27)."""
+    The vision tower's own rate (``pretrain.vision_lr_scale``, 1 in the shipped recipe): at the language model's
+    rate the tower's output grows from 0.2 per visual token on the tiny base to 130-1000 after 1000-4000 steps
+    (text embedding rows ~0.7); a tenth of the rate keeps it at ~5, but the ``[RET]`` state reads the pictures
+    no better (docs/results/reproducibility.md, session 27)."""
+    from puma.model.prune import vision_tower
+
     head = model.get_output_embeddings().weight
-    visual = getattr(getattr(model, "model", model), "visual", None)
+    visual = vision_tower(model)
     vision = list(visual.parameters()) if visual is not None else []
     seen = {id(head), *map(id, vision)}
     rest = [p for p in model.parameters() if id(p) not in seen]
@@ -558,8 +560,9 @@ class VisionNorm:
     (:func:`head_param_groups`)."""
 
     def __init__(self, model) -> None:
-        visual = getattr(getattr(model, "model", model), "visual", None)
-        merger = getattr(visual, "merger", None)
+        from puma.model.prune import vision_tower
+
+        merger = getattr(vision_tower(model), "merger", None)
         self.total, self.count = 0.0, 0
         self._handle = merger.register_forward_hook(self._hook) if merger is not None else None
 
@@ -584,8 +587,8 @@ def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
     schedule: str = "constant", predict_from_padding: bool = True, template_loss: bool = True,
-    text_steps: int = 0, head_lr_scale: float = 1.0, head_lr_steps: int = 0, vision_lr_scale: float = 1.0, caption_rows: bool = False,
-    predict_after_picture: bool = True, log=None,
+    text_steps: int = 0, head_lr_scale: float = 1.0, head_lr_steps: int = 0, vision_lr_scale: float = 1.0,
+    caption_rows: bool = False, predict_after_picture: bool = True, log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
 
@@ -636,32 +639,34 @@ def pretrain_base(
     targets_of = AnswerTargets(processor.tokenizer)
     params = list(model.parameters())
     opt = torch.optim.AdamW(head_param_groups(model, lr), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(steps, schedule, head_lr_scale, head_lr_steps,
-                                                                  vision_lr_scale))
+    factors = lr_factors(steps, schedule, head_lr_scale, head_lr_steps, vision_lr_scale)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factors)
     log_rows, start = [], time.perf_counter()
     vision_norm = VisionNorm(model)
-    for step, chunk in enumerate(step_chunks(examples, step_rows, steps, text_steps)):
-        opt.zero_grad()
-        # The answer loss is logged per input kind (text answers can be copied from the input, image answers
-        # must be read from the pixels).
-        parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank, template_loss)
-        loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding, predict_after_picture)
-        loss.backward()
-        distributed.all_reduce_grads(params)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # before clipping
-        opt.step()
-        sched.step()
-        row = {"step": step + 1, **{k: round(v, 5) for k, v in terms.items()}, "grad_norm": round(grad_norm, 6),
-               "lr": sched.get_last_lr()[0]}
-        if (vnorm := vision_norm.read()) is not None:  # this process's pictures (rank 0's in the log)
-            row["vision_norm"] = round(vnorm, 4)
-        log_rows.append(row)
-        if (step + 1) % 10 == 0 or step == 0:
-            say(f"pretrain step {step + 1}/{steps} loss {terms['loss']:.3f} answer {terms['loss_answer']:.3f} "
-                f"(text {terms.get('loss_answer_text', float('nan')):.3f}, "
-                f"image {terms.get('loss_answer_image', float('nan')):.3f}; vision tokens' norm "
-                f"{row.get('vision_norm', float('nan')):.2f})")
-    vision_norm.close()
+    try:
+        for step, chunk in enumerate(step_chunks(examples, step_rows, steps, text_steps)):
+            opt.zero_grad()
+            # The answer loss is logged per input kind (text answers can be copied from the input, image answers
+            # must be read from the pixels).
+            parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank, template_loss)
+            loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding, predict_after_picture)
+            loss.backward()
+            distributed.all_reduce_grads(params)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # before clipping
+            opt.step()
+            sched.step()
+            row = {"step": step + 1, **{k: round(v, 5) for k, v in terms.items()}, "grad_norm": round(grad_norm, 6),
+                   "lr": sched.get_last_lr()[0]}
+            if (vnorm := vision_norm.read()) is not None:  # this process's pictures (rank 0's in the log)
+                row["vision_norm"] = round(vnorm, 4)
+            log_rows.append(row)
+            if (step + 1) % 10 == 0 or step == 0:
+                say(f"pretrain step {step + 1}/{steps} loss {terms['loss']:.3f} answer {terms['loss_answer']:.3f} "
+                    f"(text {terms.get('loss_answer_text', float('nan')):.3f}, "
+                    f"image {terms.get('loss_answer_image', float('nan')):.3f}; vision tokens' norm "
+                    f"{row.get('vision_norm', float('nan')):.2f})")
+    finally:
+        vision_norm.close()
     model.eval()
     _check_in_sync(params)
     record = {"steps": steps, "batch_size": batch_size, "processes": world, "lr": lr, "answer_weight": answer_weight,
