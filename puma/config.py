@@ -148,12 +148,21 @@ class PretrainSettings(_Section):
     # the token after a picture's last token (<|vision_end|>) is predicted from that picture token (the shipped
     # recipe) or not (false; puma.train.pretrain.lm_labels)
     predict_after_picture: bool = True
+    # a vision stage of vision_steps steps before the language steps: the tower learns to name its pictures'
+    # attributes at vision_lr (the miniature of a CLIP-pretrained ViT; puma.train.vision_stage); 0 = off
+    vision_steps: int = Field(0, ge=0)
+    vision_lr: float = Field(2e-3, gt=0)
+    # after the text phase, align_steps steps on the rows that are a picture alone in which only the vision tower
+    # learns (at lr x align_lr_scale), the language model and its head frozen (puma.train.pretrain.pretrain_base)
+    align_steps: int = Field(0, ge=0)
+    align_lr_scale: float = Field(1.0, gt=0)
     seed: int = 0
 
     @model_validator(mode="after")
     def _text_phase_within(self) -> PretrainSettings:
-        if 0 < self.steps < self.text_steps:  # steps 0 (off) keeps any text_steps
-            raise ValueError(f"pretrain.text_steps ({self.text_steps}) > pretrain.steps ({self.steps})")
+        if 0 < self.steps < self.text_steps + self.align_steps:  # steps 0 (off) keeps any text_steps
+            raise ValueError(f"pretrain.text_steps + align_steps ({self.text_steps} + {self.align_steps}) > "
+                             f"pretrain.steps ({self.steps})")
         return self
 
 

@@ -106,7 +106,9 @@ def pretrain(
                                template_loss=cfg.template_loss, text_steps=cfg.text_steps,
                                head_lr_scale=cfg.head_lr_scale, head_lr_steps=cfg.head_lr_steps,
                                vision_lr_scale=cfg.vision_lr_scale, caption_rows=cfg.caption_rows,
-                               predict_after_picture=cfg.predict_after_picture,
+                               predict_after_picture=cfg.predict_after_picture, vision_steps=cfg.vision_steps,
+                               vision_lr=cfg.vision_lr, align_steps=cfg.align_steps,
+                               align_lr_scale=cfg.align_lr_scale,
                                ret_token=settings.model.ret_token, log=typer.echo)
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "

@@ -86,14 +86,22 @@ def name_words(text: str | None) -> list[str]:
     return list(dict.fromkeys(known[w] for w in re.findall(r"[a-z]+", (text or "").lower()) if w in known))
 
 
-def scene_words(scene: dict | None) -> list[str]:
-    """The described attributes of a scene record (``src_content["scene"]`` of MBEIR-mini) as words: what
-    a caption of the picture would name (garments and emblems have no described size or position)."""
+def described_attributes(scene: dict | None) -> dict[str, str]:
+    """The attributes of a scene record (``src_content["scene"]`` of MBEIR-mini) that a caption of its picture
+    names, attribute -> value: colour, shape and texture, then the trim of garments and emblems or the size and
+    position of objects; a value "none" or empty is not described."""
     if not scene:
-        return []
+        return {}
     attrs = ["color", "shape", "texture"]
     attrs += ["trim"] if scene.get("kind") in ("garment", "emblem") else ["size", "position"]
-    words = [w for a in attrs for w in str(scene.get(a) or "").split() if w and w != "none"]
+    values = {a: str(scene.get(a) or "").strip() for a in attrs}
+    return {a: v for a, v in values.items() if v and v != "none"}
+
+
+def scene_words(scene: dict | None) -> list[str]:
+    """The described attributes of a scene record (:func:`described_attributes`) as words: what a caption of
+    the picture would name (garments and emblems have no described size or position)."""
+    words = [w for v in described_attributes(scene).values() for w in v.split()]
     return list(dict.fromkeys(words))
 
 
@@ -141,25 +149,38 @@ def pretrain_examples(pairs, seed: int, caption_rows: bool = False) -> list[tupl
     return out
 
 
-def step_chunks(examples: list, step_rows: int, steps: int, text_steps: int = 0):
+def _picture_only(item) -> bool:
+    return _has_image(item) and not item.get("text")
+
+
+def step_chunks(examples: list, step_rows: int, steps: int, text_steps: int = 0, align_steps: int = 0):
     """Each pretraining step's rows (``step_rows`` of :func:`pretrain_examples`), in order: the first
-    ``text_steps`` steps cycle through the text-only rows, the rest through all rows from the start.
+    ``text_steps`` steps cycle through the text-only rows, the next ``align_steps`` through the rows that are a
+    picture alone (the alignment phase, :func:`pretrain_base`), the rest through all rows from the start.
 
     The text phase is the miniature of an MLLM's history (Qwen2-VL's language model was a pretrained Qwen2
     before it saw pictures): on text rows the answer can be copied from the input, and the ``[RET]`` states
     learn to read their input there without the image rows' answers, which the untrained vision tower cannot
     yet see, adding noise. Without it, when the states leave their early collapse was a draw over seeds and
     machines (docs/results/reproducibility.md)."""
-    if not 0 <= text_steps <= steps:
-        raise ValueError(f"pretrain.text_steps must be within 0..steps ({steps}), got {text_steps}")
+    if not 0 <= text_steps <= steps or align_steps < 0 or text_steps + align_steps > steps:
+        raise ValueError(f"pretrain.text_steps + align_steps must be within 0..steps ({steps}), got {text_steps} + "
+                         f"{align_steps}")
     text = [e for e in examples if not _has_image(e[0])]
     if text_steps and len(text) < step_rows:
         raise ValueError(f"pretrain.text_steps: a text step needs {step_rows} text rows, the data has {len(text)}")
-    cursor = text_cursor = 0
+    pictures = [e for e in examples if _picture_only(e[0])]
+    if align_steps and len(pictures) < step_rows:
+        raise ValueError(f"pretrain.align_steps: an alignment step needs {step_rows} rows of a picture alone, the "
+                         f"data has {len(pictures)}")
+    cursor = text_cursor = picture_cursor = 0
     for step in range(steps):
         if step < text_steps:
             yield [text[(text_cursor + i) % len(text)] for i in range(step_rows)]
             text_cursor += step_rows
+        elif step < text_steps + align_steps:
+            yield [pictures[(picture_cursor + i) % len(pictures)] for i in range(step_rows)]
+            picture_cursor += step_rows
         else:
             yield [examples[(cursor + i) % len(examples)] for i in range(step_rows)]
             cursor += step_rows
@@ -193,16 +214,18 @@ def head_param_groups(model, lr: float) -> list[dict]:
 
 
 def lr_factors(steps: int, schedule: str = "constant", head_lr_scale: float = 1.0, head_lr_steps: int = 0,
-               vision_lr_scale: float = 1.0):
+               vision_lr_scale: float = 1.0, align: range = range(0), align_lr_scale: float = 1.0):
     """The learning-rate factor per step of :func:`head_param_groups`' three groups (``LambdaLR``'s lambdas: the
     language model, lm_head, the vision tower): a linear warm-up over the first 5% of the steps, then constant
     (``schedule: constant``) or a linear decay to 0 (``linear``); the head's factor is also scaled by
-    ``head_lr_scale`` for the first ``head_lr_steps`` steps, the vision tower's by ``vision_lr_scale`` always."""
+    ``head_lr_scale`` for the first ``head_lr_steps`` steps, the vision tower's by ``vision_lr_scale``, except
+    in the alignment steps ``align`` (:func:`pretrain_base`: the language model frozen), where it is
+    ``align_lr_scale``."""
     if schedule not in ("constant", "linear"):
         raise ValueError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
-    if head_lr_scale <= 0 or head_lr_steps < 0 or vision_lr_scale <= 0:
-        raise ValueError(f"pretrain.head_lr_scale and vision_lr_scale must be > 0 and head_lr_steps >= 0, got "
-                         f"{head_lr_scale}, {vision_lr_scale}, {head_lr_steps}")
+    if head_lr_scale <= 0 or head_lr_steps < 0 or vision_lr_scale <= 0 or align_lr_scale <= 0:
+        raise ValueError(f"pretrain.head_lr_scale, vision_lr_scale and align_lr_scale must be > 0 and head_lr_steps "
+                         f">= 0, got {head_lr_scale}, {vision_lr_scale}, {align_lr_scale}, {head_lr_steps}")
     warm = max(1, steps // 20)
 
     def body(s: int) -> float:
@@ -215,7 +238,7 @@ def lr_factors(steps: int, schedule: str = "constant", head_lr_scale: float = 1.
         return body(s) * (head_lr_scale if s < head_lr_steps else 1.0)
 
     def vision(s: int) -> float:
-        return body(s) * vision_lr_scale
+        return body(s) * (align_lr_scale if s in align else vision_lr_scale)
 
     return [body, head, vision]
 
@@ -588,7 +611,8 @@ def pretrain_base(
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",
     schedule: str = "constant", predict_from_padding: bool = True, template_loss: bool = True,
     text_steps: int = 0, head_lr_scale: float = 1.0, head_lr_steps: int = 0, vision_lr_scale: float = 1.0,
-    caption_rows: bool = False, predict_after_picture: bool = True, log=None,
+    caption_rows: bool = False, predict_after_picture: bool = True, vision_steps: int = 0, vision_lr: float = 2e-3,
+    align_steps: int = 0, align_lr_scale: float = 1.0, log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
 
@@ -599,7 +623,13 @@ def pretrain_base(
     ``text_steps``: the first steps take text rows only (:func:`step_chunks`). ``head_lr_scale``: lm_head's
     learning rate as a fraction of ``lr`` for the first ``head_lr_steps`` steps, ``vision_lr_scale`` the vision
     tower's throughout (:func:`head_param_groups`). ``caption_rows``: caption pairs also give captioned pictures
-    (:func:`caption_row`). ``predict_after_picture``: :func:`lm_labels`' ``after_pictures``.
+    (:func:`caption_row`). ``predict_after_picture``: :func:`lm_labels`' ``after_pictures``. ``vision_steps``
+    (> 0): first a vision stage of that many steps at ``vision_lr`` (:mod:`puma.train.vision_stage`: the tower
+    learns to name its pictures' attributes, the miniature of a CLIP-pretrained ViT), logged to
+    ``vision_log.jsonl``. ``align_steps``: after the text phase, that many alignment steps on the rows that are a
+    picture alone (:func:`step_chunks`) in which only the vision tower learns, at ``lr x align_lr_scale``: the
+    language model and its head are frozen, as Qwen-VL trained its vision side against a frozen LLM before
+    training all of it (a tower that maps pictures to what the text-trained decoder already reads).
     """
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -632,6 +662,16 @@ def pretrain_base(
     model.train()
     examples = pretrain_examples(pairs, seed, caption_rows)
     step_rows = batch_size * world
+    if vision_steps < 0 or vision_lr <= 0:
+        raise ValueError(f"pretrain.vision_steps must be >= 0 and vision_lr > 0, got {vision_steps}, {vision_lr}")
+    vision_rows: list[dict] = []
+    vision_start = time.perf_counter()
+    if vision_steps:
+        from puma.train.vision_stage import scene_pictures, vision_stage
+
+        vision_rows = vision_stage(model, processor, scene_pictures(pairs), prompt, steps=vision_steps,
+                                   step_rows=step_rows, lr=vision_lr, seed=seed, log=say)
+    vision_seconds = round(time.perf_counter() - vision_start, 1)
     if len(examples) < step_rows:
         raise ValueError(f"pretraining needs at least {step_rows} examples ({batch_size} x {world} processes), "
                          f"got {len(examples)}")
@@ -639,12 +679,18 @@ def pretrain_base(
     targets_of = AnswerTargets(processor.tokenizer)
     params = list(model.parameters())
     opt = torch.optim.AdamW(head_param_groups(model, lr), lr=lr, weight_decay=0.01)
-    factors = lr_factors(steps, schedule, head_lr_scale, head_lr_steps, vision_lr_scale)
+    align = range(text_steps, text_steps + align_steps)
+    factors = lr_factors(steps, schedule, head_lr_scale, head_lr_steps, vision_lr_scale, align, align_lr_scale)
+    vision_ids = {id(p) for p in opt.param_groups[2]["params"]}
+    language = [p for p in params if id(p) not in vision_ids]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factors)
     log_rows, start = [], time.perf_counter()
     vision_norm = VisionNorm(model)
     try:
-        for step, chunk in enumerate(step_chunks(examples, step_rows, steps, text_steps)):
+        for step, chunk in enumerate(step_chunks(examples, step_rows, steps, text_steps, align_steps)):
+            if align and step in (align.start, align.stop):  # into / out of the alignment phase
+                for p in language:  # frozen: no gradient, so AdamW leaves them (and their moments) alone
+                    p.requires_grad_(step != align.start)
             opt.zero_grad()
             # The answer loss is logged per input kind (text answers can be copied from the input, image answers
             # must be read from the pixels).
@@ -667,13 +713,18 @@ def pretrain_base(
                     f"{row.get('vision_norm', float('nan')):.2f})")
     finally:
         vision_norm.close()
+        for p in language:
+            p.requires_grad_(True)
     model.eval()
     _check_in_sync(params)
     record = {"steps": steps, "batch_size": batch_size, "processes": world, "lr": lr, "answer_weight": answer_weight,
               "head_init": head_init, "schedule": schedule, "predict_from_padding": predict_from_padding,
               "template_loss": template_loss, "text_steps": text_steps, "head_lr_scale": head_lr_scale,
               "head_lr_steps": head_lr_steps, "vision_lr_scale": vision_lr_scale, "caption_rows": caption_rows,
-              "predict_after_picture": predict_after_picture,
+              "predict_after_picture": predict_after_picture, "vision_steps": vision_steps,
+              "align_steps": align_steps, **({"align_lr_scale": align_lr_scale} if align_steps else {}),
+              **({"vision_lr": vision_lr, "vision_final_loss": vision_rows[-1]["loss_vision"],
+                  "vision_seconds": vision_seconds} if vision_rows else {}),
               "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
               "seconds": round(time.perf_counter() - start, 1),
@@ -685,6 +736,8 @@ def pretrain_base(
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
             write_jsonl_atomic(tmp / "train_log.jsonl", log_rows)
+            if vision_rows:
+                write_jsonl_atomic(tmp / "vision_log.jsonl", vision_rows)
     distributed.barrier()
     return record
 

@@ -1,4 +1,4 @@
-"""Pretraining on 2 processes (torchrun, gloo) follows 1 process with the same rows per step.
+"""Pretraining on 2 processes (torchrun, gloo) follows 1 process with the same rows per step (its vision stage too).
 
 Each step takes the next ``batch_size x world`` rows, every rank its slice; per-rank losses are normalised by
 the global counts and the gradients summed (puma.train.pretrain.step_loss, puma.distributed.all_reduce_grads),
@@ -26,13 +26,14 @@ def test_two_processes_follow_one_process(tiny_dir, tmp_path):
     from puma.config import PromptSettings
     from puma.train.pretrain import pretrain_base
 
-    # 12 pairs = 24 rows: 3 steps of 8 rows, some with images, queries and documents in every step.
-    n, steps, images = 12, 3, tmp_path / "img"
-    pretrain_base(tiny_dir, tmp_path / "one", image_pairs(n, images), PromptSettings(), steps=steps, batch_size=8,
-                  lr=5e-3, answer_weight=4.0)
+    # 12 pairs = 24 rows: 3 steps of 8 rows, some with images, queries and documents in every step; first a
+    # vision stage of 2 steps of 8 pictures (pretrain.vision_steps), data-parallel the same way.
+    n, steps, images, vision_steps = 12, 3, tmp_path / "img", 2
+    pretrain_base(tiny_dir, tmp_path / "one", image_pairs(n, images, with_scenes=True), PromptSettings(), steps=steps,
+                  batch_size=8, lr=5e-3, answer_weight=4.0, vision_steps=vision_steps)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           str(tiny_dir), str(tmp_path / "two"), "4", str(steps), str(images), str(n)]
+           str(tiny_dir), str(tmp_path / "two"), "4", str(steps), str(images), str(n), str(vision_steps)]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
@@ -43,6 +44,12 @@ def test_two_processes_follow_one_process(tiny_dir, tmp_path):
         for key in ("loss", "loss_lm", "loss_answer", "loss_answer_text", "loss_answer_image", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a, b)
     assert logs[0][-1]["loss"] != pytest.approx(logs[0][0]["loss"], rel=1e-3)  # it did train
+    vision = [[json.loads(x) for x in (tmp_path / d / "vision_log.jsonl").read_text().splitlines()]
+              for d in ("one", "two")]
+    assert len(vision[0]) == len(vision[1]) == vision_steps
+    for a, b in zip(*vision):
+        for key in ("loss_vision", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a, b)
 
     one, two = (load_file(tmp_path / d / "model.safetensors") for d in ("one", "two"))
     base = load_file(Path(tiny_dir) / "model.safetensors")

@@ -39,8 +39,10 @@ def entity_pairs(n: int, seed: int = 0, held_out: bool = False) -> list[dict]:
     return out
 
 
-def image_pairs(n: int, root: Path, seed: int = 0) -> list[dict]:
-    """M-BEIR-like pairs of three modalities: text -> image, image -> text, (image, text) -> image."""
+def image_pairs(n: int, root: Path, seed: int = 0, with_scenes: bool = False) -> list[dict]:
+    """M-BEIR-like pairs of three modalities: text -> image, image -> text, (image, text) -> image.
+    ``with_scenes``: each pair also carries its positive's scene record (``positive_scene``, as
+    puma.train.pretrain.load_pairs reads MBEIR-mini's), whose colour and shape are the picture's."""
     from PIL import Image, ImageDraw
 
     r = random.Random(seed)
@@ -64,4 +66,7 @@ def image_pairs(n: int, root: Path, seed: int = 0) -> list[dict]:
         else:
             out.append({"query": {"image": str(path), "text": f"same {s}", "instruction": "Find it."},
                         "positive": {"image": str(path), "text": f"a {c} {s}"}})
+        if with_scenes:
+            out[-1]["positive_scene"] = {"kind": "object", "color": c, "shape": s, "texture": "plain",
+                                         "size": "medium", "position": "center"}
     return out

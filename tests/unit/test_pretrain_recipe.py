@@ -99,3 +99,30 @@ def test_the_head_and_the_vision_tower_learn_at_their_own_rates_and_every_parame
         lr_factors(10, "constant", 1.0, 5, 0.0)
     with pytest.raises(ValueError, match="schedule"):
         lr_factors(10, "cosine")
+
+
+def test_the_alignment_phase_takes_picture_only_rows_after_the_text_phase():
+    examples = _examples(5, 7) + [({"text": "make it red", "image": "c.png"}, True, ["red"])]
+    chunks = list(step_chunks(examples, 4, 7, text_steps=2, align_steps=3))
+    assert all(e[0]["image"] is None for c in chunks[:2] for e in c)
+    pictures = [e for e in examples if e[0]["image"] is not None and not e[0]["text"]]
+    assert len(pictures) == 7  # the picture with text is not a picture alone
+    assert [e for c in chunks[2:5] for e in c] == [pictures[i % 7] for i in range(12)]
+    assert [e for c in chunks[5:] for e in c] == [examples[i % len(examples)] for i in range(8)]  # mixed from the start
+    with pytest.raises(ValueError, match="align_steps"):
+        list(step_chunks(examples, 4, 4, text_steps=2, align_steps=3))
+    with pytest.raises(ValueError, match="needs 4 rows of a picture alone, the data has 2"):
+        list(step_chunks(_examples(6, 2), 4, 3, align_steps=1))
+    with pytest.raises(ValueError, match="align_steps"):
+        PretrainSettings(steps=300, text_steps=200, align_steps=200)
+
+
+def test_in_the_alignment_steps_the_vision_tower_has_its_own_rate():
+    from puma.train.pretrain import lr_factors
+
+    body, head, vision = lr_factors(100, "constant", 0.1, 20, 0.01, range(20, 40), 0.5)
+    assert head(30) == pytest.approx(1.0)  # the head is not the tower: frozen by requires_grad, not by its rate
+    assert vision(19) == pytest.approx(0.01) and vision(20) == pytest.approx(0.5) and vision(39) == pytest.approx(0.5)
+    assert vision(40) == pytest.approx(0.01) and body(30) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="align_lr_scale"):
+        lr_factors(10, "constant", 1.0, 5, 1.0, range(2, 4), 0.0)

@@ -1,0 +1,146 @@
+"""The vision stage of base pretraining (pretrain.vision_steps, puma.train.vision_stage): which pictures it
+trains on, the pooled tower tokens against a picture-at-a-time oracle, and that it trains the tower alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_helpers import image_pairs
+
+from puma.config import PromptSettings
+
+
+def test_described_attributes_and_scene_words():
+    from puma.train.pretrain import described_attributes, scene_words
+
+    obj = {"kind": "object", "color": "red", "shape": "star", "texture": "dotted", "size": "small",
+           "position": "top left", "trim": "blue"}
+    assert described_attributes(obj) == {"color": "red", "shape": "star", "texture": "dotted", "size": "small",
+                                         "position": "top left"}  # an object's trim is not described
+    garment = {"kind": "garment", "color": "orange", "shape": "scarf", "texture": "none", "trim": "green"}
+    assert described_attributes(garment) == {"color": "orange", "shape": "scarf", "trim": "green"}
+    assert scene_words(obj) == ["red", "star", "dotted", "small", "top", "left"]
+    assert described_attributes(None) == {} and scene_words({}) == []
+
+
+def test_scene_pictures_take_each_known_picture_once(tmp_path):
+    from puma.train.vision_stage import scene_pictures
+
+    scene = {"kind": "object", "color": "red", "shape": "star", "texture": "plain", "size": "small",
+             "position": "center"}
+    pairs = [
+        {"query": {"text": "a red star"}, "positive": {"image": "a.jpg"}, "positive_scene": scene},
+        {"query": {"image": "b.jpg"}, "positive": {"text": "a red star"}, "positive_scene": scene},  # caption pair
+        {"query": {"image": "c.jpg", "text": "make it red"}, "positive": {"image": "a.jpg"}, "positive_scene": scene},
+        {"query": {"image": "d.jpg"}, "positive": {"image": "e.jpg"}, "positive_scene": None},  # no scene
+        {"query": {"text": "Aldermoor"}, "positive": {"text": "a passage"}, "positive_scene": scene},  # no picture
+    ]
+    got = scene_pictures(pairs)
+    assert [item["image"] for item, _ in got] == ["a.jpg", "b.jpg"]  # c.jpg's scene is not a.jpg's: left out
+    assert all(item["text"] is None for item, _ in got)
+    assert got[0][1] == {"color": "red", "shape": "star", "texture": "plain", "size": "small", "position": "center"}
+
+
+def test_pooled_tokens_match_one_picture_at_a_time(tiny_dir, tmp_path):
+    """The batched pooling splits the tower's concatenated tokens per picture; the oracle runs the tower on
+    each picture alone (pictures of two sizes, so the splits differ)."""
+    from PIL import Image
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.encoding import collate
+    from puma.model.processor import load_processor
+    from puma.model.prune import vision_tower
+    from puma.train.vision_stage import pooled_tokens
+
+    proc = load_processor(tiny_dir)
+    visual = vision_tower(Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval())
+    items = [{"image": Image.new("RGB", size, colour), "text": None}
+             for size, colour in (((56, 56), "red"), ((112, 56), "blue"), ((56, 56), "green"))]
+    prompt = PromptSettings()
+    with torch.no_grad():
+        batched = pooled_tokens(visual, collate(proc, items, False, prompt))
+        alone = torch.cat([pooled_tokens(visual, collate(proc, [it], False, prompt)) for it in items])
+        naive = []
+        for it in items:
+            b = collate(proc, [it], False, prompt)
+            out = visual(b["pixel_values"], grid_thw=b["image_grid_thw"])
+            naive.append(getattr(out, "pooler_output", out).mean(0))
+    assert batched.shape == (3, Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).config.text_config.hidden_size)
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched, torch.stack(naive), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(batched[0], batched[1])
+
+
+def test_vision_stage_trains_the_tower_alone_and_learns(tiny_dir, tmp_path):
+    """40 steps on 36 pictures: the attribute loss falls, the tower moves, the language model does not, and no
+    head is left in the model."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.processor import load_processor
+    from puma.train.vision_stage import scene_pictures, vision_stage
+
+    torch.set_num_threads(1)
+    pictures = scene_pictures(image_pairs(36, tmp_path / "img", with_scenes=True))
+    assert len(pictures) == 36  # every pair's own picture: 24 picture positives, 12 caption pairs' pictures
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = vision_stage(model, load_processor(tiny_dir), pictures, PromptSettings(), steps=40, step_rows=16,
+                        lr=2e-3, seed=0)
+    assert [r["vision_step"] for r in rows] == list(range(1, 41))
+    first, last = (sum(r["loss_vision"] for r in part) / 5 for part in (rows[:5], rows[-5:]))
+    assert last < 0.7 * first, (first, last)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    assert moved and all(".visual." in f".{k}" for k in moved), sorted(moved)[:5]
+    assert sum(".visual." in f".{k}" for k in after) == len(moved)  # every tower tensor trained
+
+
+def test_pretrain_base_runs_the_vision_stage_first(tiny_dir, tmp_path):
+    from puma.train.pretrain import pretrain_base
+
+    torch.set_num_threads(1)
+    pairs = image_pairs(12, tmp_path / "img", with_scenes=True)
+    rec = pretrain_base(tiny_dir, tmp_path / "pt", pairs, PromptSettings(), steps=2, batch_size=8, lr=5e-3,
+                        vision_steps=3, vision_lr=1e-3)
+    assert rec["vision_steps"] == 3 and rec["vision_lr"] == 1e-3 and rec["vision_final_loss"] > 0
+    log = [json.loads(x) for x in (tmp_path / "pt" / "vision_log.jsonl").read_text().splitlines()]
+    assert [r["vision_step"] for r in log] == [1, 2, 3] and log[-1]["loss_vision"] == rec["vision_final_loss"]
+    saved = json.loads((tmp_path / "pt" / "config.json").read_text())["puma"]["pretrain"]
+    assert saved["vision_steps"] == 3
+    # off (the default): no vision stage, no log
+    rec0 = pretrain_base(tiny_dir, tmp_path / "pt0", pairs, PromptSettings(), steps=2, batch_size=8, lr=5e-3)
+    assert rec0["vision_steps"] == 0 and "vision_lr" not in rec0 and not (tmp_path / "pt0" / "vision_log.jsonl").exists()
+    with pytest.raises(ValueError, match="vision_steps"):
+        pretrain_base(tiny_dir, tmp_path / "bad", pairs, PromptSettings(), steps=2, batch_size=8, lr=5e-3,
+                      vision_steps=-1)
+    with pytest.raises(ValueError, match="no picture with a known scene"):
+        pretrain_base(tiny_dir, tmp_path / "none", image_pairs(12, tmp_path / "img"), PromptSettings(), steps=2,
+                      batch_size=8, lr=5e-3, vision_steps=1)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "none").exists()
+
+
+def test_the_alignment_steps_train_only_the_vision_tower(tiny_dir, tmp_path):
+    """pretrain.align_steps: after 1 text step, 2 steps on picture-only rows move the vision tower alone (the
+    language model and its head frozen); the mixed step after them moves everything again."""
+    from safetensors.torch import load_file
+
+    from puma.train.pretrain import pretrain_base
+
+    torch.set_num_threads(1)
+    pairs = image_pairs(12, tmp_path / "img")
+    kw = {"batch_size": 8, "lr": 5e-3, "answer_weight": 4.0, "text_steps": 1, "align_steps": 2, "align_lr_scale": 0.5}
+    rec = pretrain_base(tiny_dir, tmp_path / "a3", pairs, PromptSettings(), steps=3, **kw)
+    pretrain_base(tiny_dir, tmp_path / "a1", pairs, PromptSettings(), steps=1, text_steps=1, batch_size=8, lr=5e-3,
+                  answer_weight=4.0)  # the same text step alone (its warm-up: 1 step of 20 either way)
+    pretrain_base(tiny_dir, tmp_path / "a4", pairs, PromptSettings(), steps=4, **kw)
+    after_text, aligned, mixed = (load_file(tmp_path / d / "model.safetensors") for d in ("a1", "a3", "a4"))
+    assert rec["align_steps"] == 2 and rec["align_lr_scale"] == 0.5
+    vision = {k for k in aligned if "visual" in k}
+    assert vision and all(not torch.equal(aligned[k], after_text[k]) for k in vision)
+    assert all(torch.equal(aligned[k], after_text[k]) for k in aligned if k not in vision)  # frozen, not decayed
+    assert sum(not torch.equal(mixed[k], aligned[k]) for k in mixed if k not in vision) > len(aligned) // 3
+    log = [json.loads(x) for x in (tmp_path / "a3" / "train_log.jsonl").read_text().splitlines()]
+    assert "loss_answer_text" in log[0] and "loss_answer_text" not in log[1] and "loss_answer_image" in log[1]
