@@ -5,6 +5,7 @@
 #   ablations/run.sh table5 -S stage2.max_steps=96   # extra overrides for every run (say so when reporting)
 #   ablations/run.sh table5 --dry                    # print the commands only
 #   ablations/run.sh table5 --vary-base              # each seed also pretrains its own base (pretrain.seed=SEED)
+#   ablations/run.sh table5 --vary-base --paired t5-no-mac  # also each row minus that row on the same seed (base)
 # Each (row, seed) runs as `dvc exp run --temp -n ROW-sSEED -S seed=SEED -S evaluate.instruction_seed=SEED`:
 # the seed changes the data order, the initialisation of new weights (LoRA, [RET]) and the instruction
 # choice (training and evaluation). Without --vary-base every seed shares the one pretrained base, so the
@@ -14,19 +15,21 @@
 # `make run`. The result: reports/ablations/TABLE.md (mean and 95% CI over seeds per row), .csv and .png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table=${1:?usage: ablations/run.sh TABLE [--seeds 0,1,2] [--vary-base] [--dry] [-S key=value ...]   (TABLE: table3 table4 table5 table10 table12 fig5-k stage1-k2)}
+table=${1:?usage: ablations/run.sh TABLE [--seeds 0,1,2] [--vary-base] [--paired ROW] [--dry] [-S key=value ...]   (TABLE: table3 table4 table5 table10 table12 fig5-k stage1-k2)}
 shift
 file=ablations/$table.exp
 [[ -f $file ]] || { echo "$file: no such experiment list" >&2; exit 2; }
 seeds=0,1,2
 dry=
 vary_base=
+paired=()
 extra=()
 while (($#)); do
   case $1 in
     --seeds) seeds=${2:?--seeds needs a list like 0,1,2}; shift 2 ;;
     --dry) dry=1; shift ;;
     --vary-base) vary_base=1; shift ;;
+    --paired) paired=(--paired "${2:?--paired needs a row name}"); shift 2 ;;
     -S) extra+=(-S "${2:?-S needs key=value}"); shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -62,7 +65,8 @@ mkdir -p reports/ablations
 dvc exp show --csv --keep 'metrics.json' >"reports/ablations/$table.exp.csv"
 if [[ -n $vary_base ]]; then
   # Its own directory: the shared-base table of the same name stays beside it.
-  puma ablation-report "$table" --vary-base --csv "reports/ablations/$table.exp.csv" --out reports/ablations/vary-base
+  puma ablation-report "$table" --vary-base --csv "reports/ablations/$table.exp.csv" --out reports/ablations/vary-base \
+    "${paired[@]}"
 else
-  puma ablation-report "$table" --csv "reports/ablations/$table.exp.csv" --out reports/ablations
+  puma ablation-report "$table" --csv "reports/ablations/$table.exp.csv" --out reports/ablations "${paired[@]}"
 fi

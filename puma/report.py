@@ -414,18 +414,40 @@ def select_rows(rows: Mapping[str, Mapping[int, Mapping[str, float]]], names: Se
     return found, [n for n in names if n not in found]
 
 
+def paired_differences(rows: Mapping[str, Mapping[int, Mapping[str, float]]], reference: str,
+                       keys: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per row but ``reference``: the mean and 95% t interval over seeds of (row - reference) on the *same* seed,
+    per key, over the seeds both have (:func:`seed_summary`). With ``--vary-base`` a seed is a base, and the
+    bases differ far more than the rows (docs/results/reproducibility.md): the difference on one base cancels
+    that, where the rows' own intervals do not."""
+    if reference not in rows:
+        raise ValueError(f"paired reference {reference!r} is not a row ({', '.join(rows)})")
+    ref = rows[reference]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, seeds in rows.items():
+        if name == reference:
+            continue
+        diffs = {k: [v[k] - ref[s][k] for s, v in sorted(seeds.items()) if s in ref and k in v and k in ref[s]]
+                 for k in keys}
+        if any(diffs.values()):
+            out[name] = {k: seed_summary(d) for k, d in diffs.items() if d}
+    return out
+
+
 def write_ablation(rows: Mapping[str, Mapping[int, Mapping[str, float]]], table: str, out: str | os.PathLike,
                    paper: Mapping[str, Mapping[str, float]] | None = None,
-                   x: Mapping[str, float] | None = None, x_label: str = "") -> Path:
+                   x: Mapping[str, float] | None = None, x_label: str = "", paired: str | None = None) -> Path:
     """``OUT/<table>.md`` (mean [95% CI] over seeds per row), ``<table>.csv`` and ``<table>.png`` (if
     matplotlib is installed). ``paper``: the paper's rows to print beside them (row -> key -> value).
     ``x`` (row -> a number, e.g. the kept layers k of Figure 5): the plot is local and global avg against it,
-    a line with the intervals as error bars, instead of one bar per row."""
+    a line with the intervals as error bars, instead of one bar per row. ``paired`` (a row): also each other
+    row's difference from it on the same seed (:func:`paired_differences`), in the .md and ``<table>.paired.csv``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = [k for k in ABLATION_KEYS if any(k in v for seeds in rows.values() for v in seeds.values())]
     summary = {name: {k: seed_summary([v[k] for v in seeds.values() if k in v]) for k in keys}
                for name, seeds in rows.items()}
+    diffs = paired_differences(rows, paired, keys) if paired else {}
     md = [f"# {table}: Recall (%) mean [95% CI over seeds]", "",
           "| row | seeds | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for name, s in summary.items():
@@ -433,6 +455,16 @@ def write_ablation(rows: Mapping[str, Mapping[int, Mapping[str, float]]], table:
             f"{s[k]['mean']:.1f} [{s[k]['low']:.1f}, {s[k]['high']:.1f}]" for k in keys) + " |")
     for name, vals in (paper or {}).items():
         md.append(f"| paper: {name} | – | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |")
+    if paired:
+        md += ["", f"Paired on the seed: row minus {paired}, mean [95% CI over seeds]", "",
+               "| row | seeds | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+        for name, s in diffs.items():
+            md.append(f"| {name} - {paired} | {max(v['n'] for v in s.values())} | " + " | ".join(
+                f"{s[k]['mean']:+.1f} [{s[k]['low']:+.1f}, {s[k]['high']:+.1f}]" if k in s else "–" for k in keys)
+                + " |")
+        _write_csv(out / f"{table}.paired.csv", ["row", "reference", "key", "mean", "low", "high", "n"],
+                   [[n, paired, k, v["mean"], v["low"], v["high"], v["n"]] for n, s in diffs.items()
+                    for k, v in s.items()])
     atomic_write(out / f"{table}.md", lambda f: f.write("\n".join(md) + "\n"), mode="w")
     _write_csv(out / f"{table}.csv", ["row", "key", "mean", "low", "high", "n"],
                [[n, k, v["mean"], v["low"], v["high"], v["n"]] for n, s in summary.items() for k, v in s.items()])

@@ -257,6 +257,8 @@ def ablation_report(
                           "averages against its value per row (default: the one key every row sets, if any)"),
     vary_base: bool = typer.Option(False, "--vary-base", help="read the experiments NAME-bSEED (ablations/run.sh "
                                    "--vary-base: each seed pretrained its own base) instead of NAME-sSEED"),
+    paired: str = typer.Option(None, "--paired", help="a row: also every other row's difference from it on the "
+                               "same seed (mean, 95% CI), which cancels the base's variance under --vary-base"),
 ) -> None:
     """Mean and 95% CI over seeds per row of an ablation table (ablations/run.sh calls this), only the rows
     of the table's list, in its order, with the paper's rows beside them (puma.report.PAPER_ABLATIONS)."""
@@ -305,7 +307,12 @@ def ablation_report(
     if x and not against:
         typer.echo(f"error: no row of {exp} sets {x}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"wrote {write_ablation(rows, table, out, paper=PAPER_ABLATIONS.get(table), x=against, x_label=x or '')}")
+    if paired and paired not in rows:
+        typer.echo(f"error: --paired {paired}: no such row with experiments ({', '.join(rows)})", err=True)
+        raise typer.Exit(2)
+    written = write_ablation(rows, table, out, paper=PAPER_ABLATIONS.get(table), x=against, x_label=x or "",
+                             paired=paired)
+    typer.echo(f"wrote {written}")
 
 
 def register(app: typer.Typer) -> None:

@@ -132,6 +132,17 @@ def test_ablation_report_keeps_the_tables_rows_in_order_with_aliases_and_the_pap
     res = CliRunner().invoke(app, ["ablation-report", "table3", "--vary-base", "--csv", str(tmp_path / "exp.csv"),
                                    "--exp", str(exp), "--out", str(tmp_path / "none")])
     assert res.exit_code == 1 and "NAME-bSEED" in res.output
+    # --paired ROW: each other row's difference from it on the same seed
+    (tmp_path / "pb.csv").write_text(csv_text + "t5-mac-b0,e,9,4.0,2.0\nt5-mac-b1,f,9,8.0,3.0\n"
+                                     "t3-mac-b0,g,9,5.5,2.0\nt3-mac-b1,h,9,9.5,3.5\n")
+    res = CliRunner().invoke(app, ["ablation-report", "table3", "--vary-base", "--csv", str(tmp_path / "pb.csv"),
+                                   "--exp", str(exp), "--alias", "t3-distill-mac=t5-mac", "--out", str(tmp_path / "pb"),
+                                   "--paired", "t3-distill-mac"])
+    assert res.exit_code == 0, res.output
+    assert "| t3-mac - t3-distill-mac | 2 | +0.0 [+0.0, +0.0] | +1.5 [+1.5, +1.5] |" in (tmp_path / "pb" / "table3.md").read_text()
+    res = CliRunner().invoke(app, ["ablation-report", "table3", "--vary-base", "--csv", str(tmp_path / "pb.csv"),
+                                   "--exp", str(exp), "--out", str(tmp_path / "pb2"), "--paired", "t3-none"])
+    assert res.exit_code == 2 and "--paired t3-none" in res.output
 
 
 def test_ablation_report_plots_against_an_override(tmp_path, monkeypatch):
@@ -154,3 +165,28 @@ def test_ablation_report_plots_against_an_override(tmp_path, monkeypatch):
     assert calls == [{"k2": 2.0, "k8": 8.0}]
     assert CliRunner().invoke(app, [*args, "--x", "mac.lambda"]).exit_code == 2  # no row sets it
 
+
+
+def test_paired_differences_cancel_the_seed_and_match_the_naive_per_seed_difference(tmp_path):
+    """Rows that differ by a constant on every seed, seeds that differ a lot: the rows' own intervals overlap,
+    the paired difference is exact (zero width); a seed only one row has is left out of the pair."""
+    import statistics
+
+    from puma.report import paired_differences, write_ablation
+
+    rows = {"none": {0: {"local.avg": 10.0, "global.avg": 2.0}, 1: {"local.avg": 5.0, "global.avg": 1.0},
+                     2: {"local.avg": 4.0, "global.avg": 1.5}},
+            "mac": {0: {"local.avg": 11.0, "global.avg": 2.5}, 1: {"local.avg": 6.0, "global.avg": 0.5},
+                    2: {"local.avg": 5.0, "global.avg": 1.0}, 3: {"local.avg": 99.0, "global.avg": 9.0}}}
+    d = paired_differences(rows, "none", ["local.avg", "global.avg"])
+    assert list(d) == ["mac"]
+    assert d["mac"]["local.avg"] == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 3}
+    g = [2.5 - 2.0, 0.5 - 1.0, 1.0 - 1.5]  # the naive per-seed differences
+    half = 4.303 * statistics.stdev(g) / 3 ** 0.5
+    assert d["mac"]["global.avg"] == {"mean": round(statistics.fmean(g), 2), "low": round(statistics.fmean(g) - half, 2),
+                                      "high": round(statistics.fmean(g) + half, 2), "n": 3}
+    md = write_ablation(rows, "table3", tmp_path, paired="none").read_text()
+    assert "row minus none" in md and "| mac - none | 3 | +1.0 [+1.0, +1.0] |" in md
+    assert (tmp_path / "table3.paired.csv").read_text().count("\n") == 3  # header + 2 keys
+    with pytest.raises(ValueError, match="paired reference 'nope'"):
+        paired_differences(rows, "nope", ["local.avg"])
