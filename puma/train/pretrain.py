@@ -131,6 +131,28 @@ def caption_row(pair: dict) -> dict | None:
     return None
 
 
+def scene_pictures(pairs) -> list[tuple[dict, dict[str, str]]]:
+    """The distinct pictures of the train pairs whose scene is known, each as ``(item, attributes)``: a positive
+    with a picture (its scene record, ``pair["positive_scene"]``, is what its picture shows), and the picture of
+    a caption pair (:func:`caption_row`: the caption's scene is the picture's). The item is
+    the picture alone; ``attributes`` the described ones (:func:`described_attributes`). In pair order, each
+    picture once: the data of the vision stage (:mod:`puma.train.vision_stage`)."""
+    out, seen = [], set()
+    for pair in pairs:
+        scene = pair.get("positive_scene")
+        if not scene:
+            continue
+        pictures = [pair["positive"]["image"]] if _has_image(pair["positive"]) else []
+        if (row := caption_row(pair)) is not None:
+            pictures.append(row["image"])
+        for image in pictures:
+            key = str(image)
+            if key not in seen:
+                seen.add(key)
+                out.append(({"image": image, "text": None}, described_attributes(scene)))
+    return out
+
+
 def pretrain_examples(pairs, seed: int, caption_rows: bool = False) -> list[tuple[dict, bool, list[str]]]:
     """``(item, is_query, words)`` per side of every (query, positive) pair (:func:`pair_words`); pairs
     without any word are dropped; with ``caption_rows`` (``pretrain.caption_rows``) a caption pair also gives
@@ -667,7 +689,7 @@ def pretrain_base(
     vision_rows: list[dict] = []
     vision_start = time.perf_counter()
     if vision_steps:
-        from puma.train.vision_stage import scene_pictures, vision_stage
+        from puma.train.vision_stage import vision_stage
 
         vision_rows = vision_stage(model, processor, scene_pictures(pairs), prompt, steps=vision_steps,
                                    step_rows=step_rows, lr=vision_lr, seed=seed, log=say)

@@ -8,7 +8,8 @@ its tokens' norm grows from 0.2 to 130-1000 while the pictures' tokens become on
 miniature of that CLIP start: the tower's output tokens, mean-pooled per picture, feed one linear head per
 scene attribute (colour, shape, texture, trim, size, position: the attributes a caption of the picture names,
 :func:`puma.train.pretrain.described_attributes`), trained with cross-entropy on the train split's distinct
-pictures whose scene is known. The heads are dropped afterwards; only the tower changes.
+pictures whose scene is known (:func:`puma.train.pretrain.scene_pictures`). The heads are dropped afterwards; only
+the tower changes.
 
 Data-parallel like the language steps: every rank draws the same pictures for a step and takes its slice; the
 summed gradients are one process's gradient of the whole step (:func:`vision_stage`).
@@ -20,30 +21,6 @@ import random
 from typing import Any
 
 import torch
-
-from puma.train.pretrain import _has_image, caption_row, described_attributes
-
-
-def scene_pictures(pairs) -> list[tuple[dict, dict[str, str]]]:
-    """The distinct pictures of the train pairs whose scene is known, each as ``(item, attributes)``: a positive
-    with a picture (its scene record, ``pair["positive_scene"]``, is what its picture shows), and the picture of
-    a caption pair (:func:`puma.train.pretrain.caption_row`: the caption's scene is the picture's). The item is
-    the picture alone; ``attributes`` the described ones (:func:`described_attributes`). In pair order, each
-    picture once."""
-    out, seen = [], set()
-    for pair in pairs:
-        scene = pair.get("positive_scene")
-        if not scene:
-            continue
-        pictures = [pair["positive"]["image"]] if _has_image(pair["positive"]) else []
-        if (row := caption_row(pair)) is not None:
-            pictures.append(row["image"])
-        for image in pictures:
-            key = str(image)
-            if key not in seen:
-                seen.add(key)
-                out.append(({"image": image, "text": None}, described_attributes(scene)))
-    return out
 
 
 class AttributeHeads(torch.nn.Module):

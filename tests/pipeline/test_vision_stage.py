@@ -26,7 +26,7 @@ def test_described_attributes_and_scene_words():
 
 
 def test_scene_pictures_take_each_known_picture_once(tmp_path):
-    from puma.train.vision_stage import scene_pictures
+    from puma.train.pretrain import scene_pictures
 
     scene = {"kind": "object", "color": "red", "shape": "star", "texture": "plain", "size": "small",
              "position": "center"}
@@ -79,7 +79,8 @@ def test_vision_stage_trains_the_tower_alone_and_learns(tiny_dir, tmp_path):
     from transformers import Qwen2VLForConditionalGeneration
 
     from puma.model.processor import load_processor
-    from puma.train.vision_stage import scene_pictures, vision_stage
+    from puma.train.pretrain import scene_pictures
+    from puma.train.vision_stage import vision_stage
 
     torch.set_num_threads(1)
     pictures = scene_pictures(image_pairs(36, tmp_path / "img", with_scenes=True))
