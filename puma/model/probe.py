@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,4 +93,79 @@ def probe_checkpoint(model, processor, root: str | Path, prompt, limit: int = 96
         labels = [scene[attr] for _, scene in pictures]
         out[attr] = {name: ridge_probe_accuracy(x, labels, train) for name, x in feats.items()}
         out[attr]["chance"] = 1 / len(set(labels))
+    return out
+
+
+def lm_head_weight(path: str | Path) -> torch.Tensor | None:
+    """A checkpoint's ``lm_head.weight`` ``(V, H)`` read from its safetensors files, or None if it has none (a
+    pruned or trained retriever keeps no head; the pretrained base does)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            if "lm_head.weight" in f.keys():
+                return f.get_tensor("lm_head.weight")
+    return None
+
+
+def caption_pictures(pairs, limit: int = 192) -> list[tuple[dict, dict[str, str]]]:
+    """Up to ``limit`` captioned pictures of train pairs with a known scene (caption -> picture and picture ->
+    caption pairs: :func:`puma.train.pretrain.caption_row`), each with its described attributes."""
+    from puma.train.pretrain import caption_row, described_attributes
+
+    out = []
+    for pair in pairs:
+        if pair.get("positive_scene") and (row := caption_row(pair)) is not None:
+            out.append((row, described_attributes(pair["positive_scene"])))
+    return out[:limit]
+
+
+def _r1_mrr(queries: torch.Tensor, docs: torch.Tensor) -> tuple[float, float]:
+    """R@1 and mean reciprocal rank of row i of ``docs`` for row i of ``queries`` by cosine (ties count against)."""
+    q = torch.nn.functional.normalize(queries.float(), dim=-1)
+    d = torch.nn.functional.normalize(docs.float(), dim=-1)
+    scores = q @ d.T
+    rank = (scores >= scores.diag()[:, None]).sum(1)
+    return float((rank == 1).float().mean()), float((1.0 / rank.float()).mean())
+
+
+@torch.no_grad()
+def caption_agreement(model, processor, head: torch.Tensor, rows: list[tuple[dict, dict[str, str]]], prompt,
+                      batch_size: int = 64) -> dict[str, Any]:
+    """Do a caption and its picture meet? For each captioned picture (:func:`caption_pictures`) the caption's
+    ``[RET]`` state (query prompt) and the picture's (candidate prompt, the picture alone): ``caption_to_picture``,
+    R@1 / MRR of the picture among all by cosine; per attribute (colour, shape), the word ``head`` names at
+    ``[RET]`` (argmax within the word's class, as the pretraining answer loss scores it) for the caption
+    (``text``: right how often, though the word is in the caption), for the picture (``picture``) and whether the
+    two name the same word (``agree``). ``head``: the pretrained base's lm_head (:func:`lm_head_weight`); with a
+    prefix model (``DIR@k``) it reads the prefix's final-norm state."""
+    from puma.model.encoding import collate, ret_states
+    from puma.train.pretrain import AnswerTargets
+
+    if not rows:
+        raise ValueError("caption_agreement: no captioned pictures")
+    texts, pictures = [], []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        texts.append(ret_states(model, collate(processor, [{"text": r["text"], "image": None} for r, _ in chunk],
+                                               True, prompt)))
+        pictures.append(ret_states(model, collate(processor, [{"text": None, "image": r["image"]} for r, _ in chunk],
+                                                  False, prompt)))
+    t, p = torch.cat(texts).float(), torch.cat(pictures).float()
+    out: dict[str, Any] = {"pairs": len(rows), "caption_to_picture": dict(zip(("r1", "mrr"), _r1_mrr(t, p)))}
+    targets = AnswerTargets(processor.tokenizer)
+    head = head.float()
+    for attr in ("color", "shape"):
+        have = [i for i, (_, a) in enumerate(rows) if attr in a]
+        right_t = right_p = same = 0
+        for i in have:
+            ((token, cls),) = targets([rows[i][1][attr]])
+            if cls is None:
+                raise ValueError(f"caption_agreement: {rows[i][1][attr]!r} is not a world word")
+            named = [int(cls[(head[cls] @ state).argmax()]) for state in (t[i], p[i])]
+            right_t += named[0] == token
+            right_p += named[1] == token
+            same += named[0] == named[1]
+        n = max(1, len(have))
+        out[attr] = {"text": right_t / n, "picture": right_p / n, "agree": same / n, "n": len(have)}
     return out
