@@ -103,7 +103,8 @@ def lm_head_weight(path: str | Path) -> torch.Tensor | None:
 
     for file in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
-            if "lm_head.weight" in f.keys():
+            names = list(f.keys())  # a safe_open handle is not a mapping
+            if "lm_head.weight" in names:
                 return f.get_tensor("lm_head.weight")
     return None
 
