@@ -78,7 +78,7 @@ def vision_stage(model, processor, pictures: list[tuple[dict, dict[str, str]]], 
     if not pictures:
         raise ValueError("pretrain.vision_steps: the train split has no picture with a known scene")
     visual = vision_tower(model)
-    hidden = visual.merger.mlp[-1].out_features
+    hidden = model.config.text_config.hidden_size  # the merged tokens are the decoder's width
     torch.manual_seed(seed)
     heads = AttributeHeads(hidden, pictures)
     params = [*visual.parameters(), *heads.parameters()]
