@@ -156,6 +156,9 @@ class PretrainSettings(_Section):
     # learns (at lr x align_lr_scale), the language model and its head frozen (puma.train.pretrain.pretrain_base)
     align_steps: int = Field(0, ge=0)
     align_lr_scale: float = Field(1.0, gt=0)
+    # > 0: each language step also costs ground_weight x the grounding loss of its picture rows (a picture's
+    # mean-pooled tokens score the words naming it against the input embeddings; puma.train.pretrain.ground_terms)
+    ground_weight: float = Field(0.0, ge=0)
     seed: int = 0
 
     @model_validator(mode="after")

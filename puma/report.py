@@ -6,6 +6,7 @@ Inputs are evaluation directories written by :func:`puma.evaluate.evaluate_table
     report.md                 Table 1 (local and global) for every run + chance level, group means
     plots/recall_by_column.csv    column, local, global of the first run (DVC plot: bars per column)
     plots/runs.csv            run, pool, avg, single, mixed, multi (DVC plot: run comparison)
+    comparison.json           every later run minus the first on the same queries, with paired intervals
     recall_by_column.png      local vs global bars per column
     examples.html             a few queries of image tasks with thumbnails of their top-5
 """
@@ -22,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from puma.data.columns import GROUP_NAMES, TABLE1_COLUMNS, TASKS
-from puma.io import atomic_write
+from puma.io import atomic_write, write_json_atomic
 from puma.metrics import AVG_KEY
 
 ARROW = {"text": "t", "image": "i", "image,text": "(i,t)"}
@@ -95,6 +96,51 @@ def ci_markdown(points: Mapping[str, Mapping[str, float]],
                  for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def query_hits(eval_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, bool]]]:
+    """Per pool, column and query id, whether the query hit (an evaluation's ``topk.jsonl``)."""
+    path = Path(eval_dir) / "topk.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-query records (run `puma evaluate` first)")
+    out: dict[str, dict[str, dict[str, bool]]] = {}
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                rec = json.loads(line)
+                out.setdefault(rec["pool"], {}).setdefault(rec["column"], {})[rec["qid"]] = bool(rec["hit"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{line_no}: not a per-query record ({e})") from None
+    return out
+
+
+def paired_comparison(base_dir: str | os.PathLike, other_dir: str | os.PathLike, resamples: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
+    """``other`` minus ``base`` on the same queries, per pool and for every column and summary key: the
+    difference of the recalls (points) and its paired percentile bootstrap interval (each resample draws
+    queries and takes both runs' hits of the drawn queries, :func:`puma.metrics.bootstrap_ci` on the
+    per-query differences). Two checkpoints evaluated on one test set differ per query far less than their
+    own intervals suggest, so this says whether one is better where the two separate intervals overlap.
+    The runs must have scored the same queries (same columns and query ids per pool), else ValueError."""
+    from puma.data.columns import GROUPS as COLUMN_GROUPS
+    from puma.metrics import bootstrap_ci, summarise
+
+    base, other = query_hits(base_dir), query_hits(other_dir)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for pool in sorted(base.keys() & other.keys()):
+        diffs: dict[str, list[float]] = {}
+        for column, hits in base[pool].items():
+            theirs = other[pool].get(column)
+            if theirs is None or theirs.keys() != hits.keys():
+                raise ValueError(f"{Path(other_dir) / 'topk.jsonl'}: {pool} {column}: not the queries of "
+                                 f"{Path(base_dir) / 'topk.jsonl'} (a paired comparison needs the same test set)")
+            diffs[column] = [float(theirs[q]) - float(hits[q]) for q in hits]  # the base run's order
+        if other[pool].keys() != base[pool].keys():
+            raise ValueError(f"{Path(other_dir) / 'topk.jsonl'}: {pool}: columns differ from {base_dir}'s")
+        point = summarise({c: sum(d) / len(d) for c, d in diffs.items()}, COLUMN_GROUPS)
+        ci = bootstrap_ci(diffs, COLUMN_GROUPS, resamples, seed, level)
+        out[pool] = {k: {"diff": point[k], **ci[k]} for k in point}
+    return out
 
 
 def _text_bar(x: float, width: int = 30) -> str:
@@ -302,13 +348,23 @@ def write_report(
                    ci_markdown({n: runs[n][pool] for n in pool_ci}, pool_ci), ""]
     if len(runs) > 1:
         base_name, base = next(iter(runs.items()))
-        md += [f"## Comparison (difference to `{base_name}`)", "", "| run | pool | " +
-               " | ".join(TABLE_KEYS) + " |", "|---|---|" + "---:|" * len(TABLE_KEYS)]
+        paired = _paired_runs(dirs, names, cis.get(base_name, {}))
+        md += [f"## Comparison (difference to `{base_name}`)", ""]
+        if paired:
+            level = round(100 * cis.get(base_name, {}).get("level", 0.95))
+            md += [f"With the same queries: the difference and its paired {level}% bootstrap interval over queries "
+                   "(each resample takes both runs' hits of the same drawn queries: what the queries share "
+                   "cancels).", ""]
+            write_json_atomic(out / "comparison.json", {"base": base_name, "runs": paired})
+        md += ["| run | pool | " + " | ".join(TABLE_KEYS) + " |", "|---|---|" + "---:|" * len(TABLE_KEYS)]
         for name, m in list(runs.items())[1:]:
             for pool in ("local", "global"):
                 if pool in m and pool in base:
-                    deltas = [m[pool].get(k, 0.0) - base[pool].get(k, 0.0) for k in TABLE_KEYS]
-                    md.append(f"| {name} | {pool} | " + " | ".join(f"{d:+.1f}" for d in deltas) + " |")
+                    pair = paired.get(name, {}).get(pool, {})
+                    cells = [f"{m[pool].get(k, 0.0) - base[pool].get(k, 0.0):+.1f}" +
+                             (f" [{pair[k]['low']:+.1f}, {pair[k]['high']:+.1f}]" if k in pair else "")
+                             for k in TABLE_KEYS]
+                    md.append(f"| {name} | {pool} | " + " | ".join(cells) + " |")
         md.append("")
     first = next(iter(runs.values()))
     md += [f"## Per column, local vs global (`{names[0]}`)", "", bars_markdown(first), ""]
@@ -322,6 +378,24 @@ def write_report(
     text = "\n".join(md)
     atomic_write(out / "report.md", lambda f: f.write(text), mode="w")
     return out / "report.md"
+
+
+def _paired_runs(dirs: Sequence[Path], names: Sequence[str], ci: Mapping) -> dict[str, dict]:
+    """:func:`paired_comparison` of every later run against the first, by name, where both have per-query
+    records of the same queries (the bootstrap settings of the first run's ``ci_metrics.json``); runs on
+    other queries are left out of it (their table row keeps the plain difference)."""
+    out: dict[str, dict] = {}
+    if not (dirs[0] / "topk.jsonl").is_file():
+        return out
+    for name, d in list(zip(names, dirs))[1:]:
+        if not (d / "topk.jsonl").is_file():
+            continue
+        try:
+            out[name] = paired_comparison(dirs[0], d, ci.get("resamples", 1000), ci.get("seed", 0),
+                                          ci.get("level", 0.95))
+        except ValueError:
+            continue
+    return out
 
 
 # ---------------------------------------------------------------- ablations over seeds (ablations/run.sh)

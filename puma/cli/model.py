@@ -108,7 +108,7 @@ def pretrain(
                                vision_lr_scale=cfg.vision_lr_scale, caption_rows=cfg.caption_rows,
                                predict_after_picture=cfg.predict_after_picture, vision_steps=cfg.vision_steps,
                                vision_lr=cfg.vision_lr, align_steps=cfg.align_steps,
-                               align_lr_scale=cfg.align_lr_scale,
+                               align_lr_scale=cfg.align_lr_scale, ground_weight=cfg.ground_weight,
                                ret_token=settings.model.ret_token, log=typer.echo)
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "

@@ -378,14 +378,18 @@ class PretrainTerms:
     answer_sum: torch.Tensor  # summed answer loss at [RET] over the rows' words
     answer_count: int  # answer terms (words; rows without ``targets``)
     answers: list[tuple[float, str | None]]  # each answer term's value and its row's kind (logging)
+    ground_sum: torch.Tensor | float = 0.0  # summed grounding loss over the picture rows' words (ground_terms)
+    ground_count: int = 0  # grounding terms
 
-    def loss(self, answer_weight: float) -> torch.Tensor:
-        return self.lm_sum / max(1, self.lm_count) + answer_weight * self.answer_sum / max(1, self.answer_count)
+    def loss(self, answer_weight: float, ground_weight: float = 0.0) -> torch.Tensor:
+        out = self.lm_sum / max(1, self.lm_count) + answer_weight * self.answer_sum / max(1, self.answer_count)
+        return out + ground_weight * self.ground_sum / max(1, self.ground_count) if self.ground_count else out
 
 
 def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] | None = None,
                    full_logits: bool = False, from_padding: bool = True,
-                   template_starts: list[int] | None = None, after_pictures: bool = True) -> PretrainTerms:
+                   template_starts: list[int] | None = None, after_pictures: bool = True,
+                   ground: bool = False) -> PretrainTerms:
     """The summed next-token loss over the text tokens and the summed answer loss at ``[RET]``.
 
     ``targets``: per row, the item's answers (:func:`answer_targets`: a token and its class's tokens).
@@ -400,7 +404,8 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
     logging. ``full_logits``: the naive path, lm_head over every position ``(B, S, V)``, an ignore-index
     cross-entropy and one answer word at a time (the oracle of the default, which projects only the positions
     the loss reads and takes one logsumexp per word class; tests and bench/pretrain_step.py).
-    ``from_padding``, ``template_starts``, ``after_pictures``: :func:`lm_labels`.
+    ``from_padding``, ``template_starts``, ``after_pictures``: :func:`lm_labels`. ``ground`` (with ``targets``):
+    also the grounding terms of the rows with a picture (:func:`ground_terms`).
     """
     import torch.nn.functional as F
 
@@ -419,12 +424,16 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
     positions = mrope_positions(model, inputs)
     predicts = labels[:, 1:] != -100  # (B, S-1): position s predicts token s+1
     if full_logits:
-        logits = model(**inputs, position_ids=positions, use_cache=False).logits  # (B, S, V)
+        output = model(**inputs, position_ids=positions, use_cache=False,
+                       output_hidden_states=ground and targets is not None)
+        logits = output.logits  # (B, S, V)
         lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
                              reduction="sum")
         at_ret = logits[rows, pos]
     else:
-        hidden = qwen2vl_model(model)(**inputs, position_ids=positions, use_cache=False).last_hidden_state
+        output = qwen2vl_model(model)(**inputs, position_ids=positions, use_cache=False,
+                                      output_hidden_states=ground and targets is not None)
+        hidden = output.last_hidden_state
         head = model.get_output_embeddings()  # on the final-norm states (B, S, H), as the LM's own forward
         lm = F.cross_entropy(head(hidden[:, :-1][predicts]), labels[:, 1:][predicts], reduction="sum")
         at_ret = head(hidden[rows, pos])  # (B, V)
@@ -434,7 +443,34 @@ def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] |
         return PretrainTerms(lm, lm_count, answer, len(rows), [])
     stacked, term_rows = (_answer_terms_naive if full_logits else _answer_terms)(at_ret, targets)
     term_kinds = [None if kinds is None else kinds[r] for r in term_rows]
-    return PretrainTerms(lm, lm_count, stacked.sum(), len(term_rows), list(zip(stacked.detach().tolist(), term_kinds)))
+    terms = PretrainTerms(lm, lm_count, stacked.sum(), len(term_rows), list(zip(stacked.detach().tolist(), term_kinds)))
+    if ground:
+        grounded = ground_terms(model, batch["input_ids"], output.hidden_states[0], targets, naive=full_logits)
+        if grounded is not None:
+            terms.ground_sum, terms.ground_count = grounded.sum(), grounded.numel()
+    return terms
+
+
+def ground_terms(model, input_ids: torch.Tensor, first: torch.Tensor, targets: list,
+                 naive: bool = False) -> torch.Tensor | None:
+    """The grounding terms of a batch (``pretrain.ground_weight``): for each row with a picture, the vision
+    tower's tokens as the decoder reads them (``first``: the input states ``(B, S, H)``, the merged visual
+    tokens in place of the image placeholders), mean-pooled, score every word by their dot product with the
+    word's *input* embedding row, and each of the row's answer words (``targets``, :func:`answer_targets`)
+    costs its cross-entropy within its class, as at ``[RET]``. So a picture's tokens come to look like the
+    words that name it, the ones its caption would bring: the decoder, which learns on text rows to carry a
+    word it reads to ``[RET]``, then reads the picture the same way (LLaVA's first stage aligns its projector
+    to the language model's word space; the miniature does it alongside the language steps, as both move).
+    None if no row has a picture. ``naive``: one word at a time (the oracle)."""
+    mask = input_ids == model.config.image_token_id  # (B, S)
+    rows = mask.any(1).nonzero().flatten().tolist()
+    if not rows:
+        return None
+    weights = mask[rows].unsqueeze(-1).to(first.dtype)
+    pooled = (first[rows] * weights).sum(1) / weights.sum(1)  # (n, H)
+    scores = pooled @ model.get_input_embeddings().weight.T  # (n, V)
+    stacked, _ = (_answer_terms_naive if naive else _answer_terms)(scores, [targets[r] for r in rows])
+    return stacked
 
 
 def _answer_terms_naive(at_ret: torch.Tensor, targets: list) -> tuple[torch.Tensor, list[int]]:
@@ -556,44 +592,56 @@ def step_batches(processor, chunk, prompt, ret_token: str, rng: random.Random, t
 
 
 def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
-              from_padding: bool = True, after_pictures: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+              from_padding: bool = True, after_pictures: bool = True,
+              ground_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of one step's loss, normalised so that the shares of all ranks add up to the loss of
     the whole ``chunk`` on one process (a part with ``template_starts`` leaves its fixed prompt suffix
     unpredicted, :func:`lm_labels`): per side (queries, documents), its fraction of the chunk's rows x
-    (mean next-token loss + ``answer_weight`` x mean answer loss), every mean taken over the *global* count
-    (summed over ranks). The gradients summed over ranks (:func:`puma.distributed.all_reduce_grads`) are then
-    the single-process gradient. Returns the local loss and the step's logged terms (already summed)."""
+    (mean next-token loss + ``answer_weight`` x mean answer loss + ``ground_weight`` x mean grounding loss,
+    :func:`ground_terms`), every mean taken over the *global* count (summed over ranks). The gradients summed
+    over ranks (:func:`puma.distributed.all_reduce_grads`) are then the single-process gradient. Returns the
+    local loss and the step's logged terms (already summed)."""
     from puma.distributed import all_reduce_sum
 
     terms = {p.is_query: pretrain_terms(model, p.batch, p.targets, p.kinds, from_padding=from_padding,
-                                        template_starts=p.template_starts, after_pictures=after_pictures)
+                                        template_starts=p.template_starts, after_pictures=after_pictures,
+                                        ground=ground_weight > 0)
              for p in parts}
-    counts = torch.tensor([float(getattr(terms.get(side), attr, 0)) for side in (True, False)
-                           for attr in ("lm_count", "answer_count")], dtype=torch.float64)
+    attrs = ("lm_count", "answer_count", "ground_count")
+    counts = torch.tensor([float(getattr(terms.get(side), attr, 0)) for side in (True, False) for attr in attrs],
+                          dtype=torch.float64).view(2, len(attrs))
     all_reduce_sum(counts)
     loss = torch.zeros(())
-    # logged: loss, its lm part, its answer part, then per kind the summed answer terms and their count
-    logged = torch.zeros(7, dtype=torch.float64)
+    # logged: loss, its lm part, its answer part, then per kind the summed answer terms and their count, then
+    # the grounding part
+    logged = torch.zeros(8, dtype=torch.float64)
     for j, side in enumerate((True, False)):
         if side not in terms:
             continue
         t = terms[side]
         share = sum(1 for _, q, _ in chunk if q == side) / len(chunk)
-        lm = share * t.lm_sum / counts[2 * j].clamp(min=1).float()
-        ans = share * t.answer_sum / counts[2 * j + 1].clamp(min=1).float()
+        lm = share * t.lm_sum / counts[j, 0].clamp(min=1).float()
+        ans = share * t.answer_sum / counts[j, 1].clamp(min=1).float()
         loss = loss + lm + answer_weight * ans
         logged[1] += lm.item()
         logged[2] += ans.item()
+        if ground_weight > 0 and counts[j, 2] > 0:
+            grounded = share * t.ground_sum / counts[j, 2].float()
+            loss = loss + ground_weight * grounded
+            logged[7] += float(grounded)
         for value, kind in t.answers:
             k = 3 if kind == "text" else 5
             logged[k] += value
             logged[k + 1] += 1
     logged[0] = logged[1] + answer_weight * logged[2]
     all_reduce_sum(logged)
-    out = {"loss": float(logged[0]), "loss_lm": float(logged[1]), "loss_answer": float(logged[2])}
+    out = {"loss": float(logged[0] + ground_weight * logged[7]), "loss_lm": float(logged[1]),
+           "loss_answer": float(logged[2])}
     for k, kind in ((3, "text"), (5, "image")):
         if logged[k + 1] > 0:
             out[f"loss_answer_{kind}"] = float(logged[k] / logged[k + 1])
+    if ground_weight > 0 and counts[:, 2].sum() > 0:
+        out["loss_ground"] = float(logged[7])
     return loss, out
 
 
@@ -634,7 +682,7 @@ def pretrain_base(
     schedule: str = "constant", predict_from_padding: bool = True, template_loss: bool = True,
     text_steps: int = 0, head_lr_scale: float = 1.0, head_lr_steps: int = 0, vision_lr_scale: float = 1.0,
     caption_rows: bool = False, predict_after_picture: bool = True, vision_steps: int = 0, vision_lr: float = 2e-3,
-    align_steps: int = 0, align_lr_scale: float = 1.0, log=None,
+    align_steps: int = 0, align_lr_scale: float = 1.0, ground_weight: float = 0.0, log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
 
@@ -652,6 +700,9 @@ def pretrain_base(
     picture alone (:func:`step_chunks`) in which only the vision tower learns, at ``lr x align_lr_scale``: the
     language model and its head are frozen, as Qwen-VL trained its vision side against a frozen LLM before
     training all of it (a tower that maps pictures to what the text-trained decoder already reads).
+    ``ground_weight`` (> 0): every language step also costs that many times the mean grounding loss of its
+    picture rows (:func:`ground_terms`: a picture's tokens must score the words that name it against the input
+    embeddings), logged as ``loss_ground``.
     """
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -717,7 +768,8 @@ def pretrain_base(
             # The answer loss is logged per input kind (text answers can be copied from the input, image answers
             # must be read from the pixels).
             parts = step_batches(processor, chunk, prompt, ret_token, rng, targets_of, world, rank, template_loss)
-            loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding, predict_after_picture)
+            loss, terms = step_loss(model, parts, chunk, answer_weight, predict_from_padding, predict_after_picture,
+                                    ground_weight)
             loss.backward()
             distributed.all_reduce_grads(params)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))  # before clipping
@@ -745,6 +797,7 @@ def pretrain_base(
               "head_lr_steps": head_lr_steps, "vision_lr_scale": vision_lr_scale, "caption_rows": caption_rows,
               "predict_after_picture": predict_after_picture, "vision_steps": vision_steps,
               "align_steps": align_steps, **({"align_lr_scale": align_lr_scale} if align_steps else {}),
+              **({"ground_weight": ground_weight} if ground_weight else {}),
               **({"vision_lr": vision_lr, "vision_final_loss": vision_rows[-1]["loss_vision"],
                   "vision_seconds": vision_seconds} if vision_rows else {}),
               "seed": seed,

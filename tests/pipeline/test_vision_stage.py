@@ -145,3 +145,85 @@ def test_the_alignment_steps_train_only_the_vision_tower(tiny_dir, tmp_path):
     assert sum(not torch.equal(mixed[k], aligned[k]) for k in mixed if k not in vision) > len(aligned) // 3
     log = [json.loads(x) for x in (tmp_path / "a3" / "train_log.jsonl").read_text().splitlines()]
     assert "loss_answer_text" in log[0] and "loss_answer_text" not in log[1] and "loss_answer_image" in log[1]
+
+
+def test_ground_terms_pool_each_pictures_tokens_against_the_input_embeddings(tiny_dir, tmp_path):
+    """pretrain.ground_weight's terms: the decoder's input states at a row's image placeholders, mean-pooled,
+    are the tower's pooled tokens (pooled_tokens runs the tower apart: the oracle of the placeholder mask);
+    each of the row's words costs its cross-entropy within its class against the input embeddings; text rows
+    give no term, and the class-grouped path equals one word at a time; pretrain_terms' fast path and its
+    full-logits oracle give the same grounding sum and gradients."""
+    from PIL import Image
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.encoding import MODEL_INPUTS, collate, mrope_positions
+    from puma.model.processor import load_processor
+    from puma.model.prune import qwen2vl_model, vision_tower
+    from puma.train.pretrain import AnswerTargets, ground_terms, pretrain_terms
+    from puma.train.vision_stage import pooled_tokens
+
+    proc = load_processor(tiny_dir)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    torch.nn.init.normal_(model.get_input_embeddings().weight, std=0.5)  # scores that differ by word
+    items = [{"image": Image.new("RGB", (56, 56), "red"), "text": None}, {"text": "a blue star", "image": None},
+             {"image": Image.new("RGB", (112, 56), "blue"), "text": None}]
+    words = [["red", "circle"], ["blue", "star"], ["blue", "square", "small"]]
+    batch = collate(proc, items, False, PromptSettings(), answers=[w[0] for w in words])
+    targets_of = AnswerTargets(proc.tokenizer)
+    targets = [targets_of(w) for w in words]
+    with torch.no_grad():
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        first = qwen2vl_model(model)(**inputs, position_ids=mrope_positions(model, inputs),
+                                     output_hidden_states=True).hidden_states[0]
+        fast = ground_terms(model, batch["input_ids"], first, targets)
+        naive = ground_terms(model, batch["input_ids"], first, targets, naive=True)
+        pooled = pooled_tokens(vision_tower(model), collate(proc, [items[0], items[2]], False, PromptSettings()))
+        scores = pooled @ model.get_input_embeddings().weight.T
+    expected = []
+    for row, answers in zip((0, 1), (targets[0], targets[2])):
+        for tok, cls in answers:
+            expected.append(float(torch.logsumexp(scores[row, cls], 0) - scores[row, tok]))
+    assert fast.numel() == 5 and naive.numel() == 5  # 2 + 3 words of the picture rows; the text row gives none
+    assert sorted(fast.tolist()) == pytest.approx(sorted(expected), rel=1e-4)
+    assert sorted(naive.tolist()) == pytest.approx(sorted(expected), rel=1e-4)
+    text_only = collate(proc, [items[1]], False, PromptSettings(), answers=["blue"])
+    assert ground_terms(model, text_only["input_ids"], torch.zeros(1, text_only["input_ids"].shape[1], 64),
+                        [targets[1]]) is None
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = {}
+    for full in (False, True):
+        t = pretrain_terms(model, batch, targets, full_logits=full, ground=True)
+        got[full] = (float(t.ground_sum), t.ground_count,
+                     torch.autograd.grad(t.ground_sum, params, allow_unused=True))
+    assert got[False][1] == got[True][1] == 5
+    assert got[False][0] == pytest.approx(sum(expected), rel=1e-4) and got[True][0] == pytest.approx(sum(expected), rel=1e-4)
+    for a, b in zip(got[False][2], got[True][2], strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=5e-5)
+    assert pretrain_terms(model, batch, targets).ground_count == 0  # off unless asked
+
+
+def test_pretrain_base_with_grounding_logs_it_and_moves_tower_and_embeddings(tiny_dir, tmp_path):
+    """pretrain.ground_weight > 0: the step's loss gains the grounding term (logged as loss_ground, recorded), and
+    the weights differ from the same steps without it in the tower and in the word embeddings; 0 (the default)
+    adds no key and no term."""
+    from safetensors.torch import load_file
+
+    from puma.train.pretrain import pretrain_base
+
+    torch.set_num_threads(1)
+    pairs = image_pairs(12, tmp_path / "img", with_scenes=True)
+    kw = {"steps": 2, "batch_size": 8, "lr": 5e-3, "answer_weight": 4.0}
+    rec = pretrain_base(tiny_dir, tmp_path / "g", pairs, PromptSettings(), ground_weight=2.0, **kw)
+    rec0 = pretrain_base(tiny_dir, tmp_path / "g0", pairs, PromptSettings(), **kw)
+    assert rec["ground_weight"] == 2.0 and "ground_weight" not in rec0
+    log = [json.loads(x) for x in (tmp_path / "g" / "train_log.jsonl").read_text().splitlines()]
+    log0 = [json.loads(x) for x in (tmp_path / "g0" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["loss_ground"] > 0 for r in log) and all("loss_ground" not in r for r in log0)
+    assert log[0]["loss"] == pytest.approx(log0[0]["loss"] + 2.0 * log[0]["loss_ground"], rel=1e-5)
+    grounded, plain = load_file(tmp_path / "g" / "model.safetensors"), load_file(tmp_path / "g0" / "model.safetensors")
+    embed = next(k for k in plain if k.endswith("embed_tokens.weight"))
+    assert not torch.equal(grounded[embed], plain[embed])
+    assert any(not torch.equal(grounded[k], plain[k]) for k in plain if "visual" in k)

@@ -190,3 +190,61 @@ def test_paired_differences_cancel_the_seed_and_match_the_naive_per_seed_differe
     assert (tmp_path / "table3.paired.csv").read_text().count("\n") == 3  # header + 2 keys
     with pytest.raises(ValueError, match="paired reference 'nope'"):
         paired_differences(rows, "nope", ["local.avg"])
+
+
+def _topk(path, hits):
+    """An evaluation directory holding only topk.jsonl: ``hits`` = {(pool, column): [hit per query]}."""
+    import json
+
+    path.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"column": col, "pool": pool, "qid": f"0:{i}", "k": 5, "hit": h, "ids": []})
+             for (pool, col), hs in hits.items() for i, h in enumerate(hs)]
+    (path / "topk.jsonl").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_paired_comparison_is_the_recall_difference_with_a_paired_interval(tmp_path):
+    """other - base on the same queries: the point is the difference of the recalls (column, group means,
+    avg); the interval is a bootstrap of the per-query differences, so a run against itself gives exactly
+    0 [0, 0] (two runs' own intervals would both be wide), and one better on a few queries of otherwise
+    shared hits gives an interval above 0 that a naive loop over the same resample indices reproduces."""
+    import numpy as np
+
+    from puma.report import paired_comparison
+
+    rng = np.random.default_rng(1)
+    shared = rng.random(60) < 0.4
+    better = shared.copy()
+    better[np.flatnonzero(~shared)[:9]] = True  # 9 more hits of 60, the rest the same
+    base = _topk(tmp_path / "a", {("local", "mscoco_task0"): shared.tolist(), ("local", "cirr_task7"): shared.tolist()})
+    other = _topk(tmp_path / "b", {("local", "mscoco_task0"): better.tolist(), ("local", "cirr_task7"): shared.tolist()})
+    same = paired_comparison(base, base)["local"]
+    assert all(v == {"diff": 0.0, "low": 0.0, "high": 0.0} for v in same.values())
+    got = paired_comparison(base, other, resamples=500, seed=3)["local"]
+    assert got["mscoco_task0"]["diff"] == pytest.approx(100 * 9 / 60, abs=0.01)
+    assert got["cirr_task7"]["diff"] == 0.0 and got["avg"]["diff"] == pytest.approx(100 * 9 / 120, abs=0.01)
+    assert 0 < got["mscoco_task0"]["low"] < got["mscoco_task0"]["diff"] < got["mscoco_task0"]["high"]
+    # the naive loop: the same seeded draws (columns in file order), differences of the drawn queries' recalls
+    draws = np.random.default_rng(3)
+    idx = draws.integers(0, 60, size=(500, 60))
+    naive = [100 * (better[i].mean() - shared[i].mean()) for i in idx]
+    assert got["mscoco_task0"]["low"] == pytest.approx(np.percentile(naive, 2.5), abs=0.01)
+    assert got["mscoco_task0"]["high"] == pytest.approx(np.percentile(naive, 97.5), abs=0.01)
+
+
+def test_paired_comparison_refuses_other_queries_and_names_the_file(tmp_path):
+    from puma.report import paired_comparison, query_hits
+
+    base = _topk(tmp_path / "a", {("local", "mscoco_task0"): [True, False, True]})
+    fewer = _topk(tmp_path / "b", {("local", "mscoco_task0"): [True, False]})
+    with pytest.raises(ValueError, match=r"b/topk.jsonl: local mscoco_task0: not the queries of"):
+        paired_comparison(base, fewer)
+    more = _topk(tmp_path / "c", {("local", "mscoco_task0"): [True, False, True], ("local", "cirr_task7"): [True]})
+    with pytest.raises(ValueError, match="columns differ"):
+        paired_comparison(base, more)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "topk.jsonl").write_text('{"column": "x", "pool": "local", "qid": "1", "hit": true}\n{oops\n')
+    with pytest.raises(ValueError, match=r"d/topk.jsonl:2: not a per-query record"):
+        query_hits(tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="no per-query records"):
+        query_hits(tmp_path / "nothing")
