@@ -352,9 +352,9 @@ def write_report(
         md += [f"## Comparison (difference to `{base_name}`)", ""]
         if paired:
             level = round(100 * cis.get(base_name, {}).get("level", 0.95))
-            md += [f"With the same queries: the difference and its paired {level}% bootstrap interval over queries "
-                   "(each resample takes both runs' hits of the same drawn queries: what the queries share "
-                   "cancels).", ""]
+            md += [(f"With the same queries: the difference and its paired {level}% bootstrap interval over queries "
+                    "(each resample takes both runs' hits of the same drawn queries: what the queries share "
+                    "cancels)."), ""]
             write_json_atomic(out / "comparison.json", {"base": base_name, "runs": paired})
         md += ["| run | pool | " + " | ".join(TABLE_KEYS) + " |", "|---|---|" + "---:|" * len(TABLE_KEYS)]
         for name, m in list(runs.items())[1:]:
