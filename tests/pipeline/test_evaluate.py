@@ -136,6 +136,10 @@ def test_report_from_the_evaluation(evaluated, mbeir_mini, tmp_path):
     lo, hi = ci["local"]["avg"]["low"], ci["local"]["avg"]["high"]
     assert "95% bootstrap confidence intervals over queries (local pool)" in text
     assert f"{metrics_avg(out):.1f} [{lo:.1f}, {hi:.1f}]" in text
+    # b is a: on the same queries the paired difference is exactly 0 [0, 0] (its own interval is not)
+    assert "| b | local | +0.0 [+0.0, +0.0] |" in text
+    comparison = json.loads((tmp_path / "rep" / "comparison.json").read_text())
+    assert comparison["base"] == "a" and comparison["runs"]["b"]["local"]["avg"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
 
 
 def metrics_avg(out):
