@@ -159,6 +159,7 @@ class PretrainSettings(_Section):
     # > 0: each language step also costs ground_weight x the grounding loss of its picture rows (a picture's
     # mean-pooled tokens score the words naming it against the input embeddings; puma.train.pretrain.ground_terms)
     ground_weight: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.01, ge=0)  # AdamW's in the language steps
     seed: int = 0
 
     @model_validator(mode="after")

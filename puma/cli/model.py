@@ -109,6 +109,7 @@ def pretrain(
                                predict_after_picture=cfg.predict_after_picture, vision_steps=cfg.vision_steps,
                                vision_lr=cfg.vision_lr, align_steps=cfg.align_steps,
                                align_lr_scale=cfg.align_lr_scale, ground_weight=cfg.ground_weight,
+                               weight_decay=cfg.weight_decay,
                                ret_token=settings.model.ret_token, log=typer.echo)
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "

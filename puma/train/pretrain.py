@@ -682,7 +682,8 @@ def pretrain_base(
     schedule: str = "constant", predict_from_padding: bool = True, template_loss: bool = True,
     text_steps: int = 0, head_lr_scale: float = 1.0, head_lr_steps: int = 0, vision_lr_scale: float = 1.0,
     caption_rows: bool = False, predict_after_picture: bool = True, vision_steps: int = 0, vision_lr: float = 2e-3,
-    align_steps: int = 0, align_lr_scale: float = 1.0, ground_weight: float = 0.0, log=None,
+    align_steps: int = 0, align_lr_scale: float = 1.0, ground_weight: float = 0.0, weight_decay: float = 0.01,
+    log=None,
 ) -> dict[str, Any]:
     """Train the full-depth checkpoint ``base`` (a ForConditionalGeneration) on ``pairs``; write ``out``.
 
@@ -702,7 +703,7 @@ def pretrain_base(
     training all of it (a tower that maps pictures to what the text-trained decoder already reads).
     ``ground_weight`` (> 0): every language step also costs that many times the mean grounding loss of its
     picture rows (:func:`ground_terms`: a picture's tokens must score the words that name it against the input
-    embeddings), logged as ``loss_ground``.
+    embeddings), logged as ``loss_ground``. ``weight_decay``: AdamW's, on every parameter of the language steps.
     """
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -751,7 +752,7 @@ def pretrain_base(
     rng = random.Random(seed)
     targets_of = AnswerTargets(processor.tokenizer)
     params = list(model.parameters())
-    opt = torch.optim.AdamW(head_param_groups(model, lr), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(head_param_groups(model, lr), lr=lr, weight_decay=weight_decay)
     align = range(text_steps, text_steps + align_steps)
     factors = lr_factors(steps, schedule, head_lr_scale, head_lr_steps, vision_lr_scale, align, align_lr_scale)
     vision_ids = {id(p) for p in opt.param_groups[2]["params"]}
@@ -798,6 +799,7 @@ def pretrain_base(
               "predict_after_picture": predict_after_picture, "vision_steps": vision_steps,
               "align_steps": align_steps, **({"align_lr_scale": align_lr_scale} if align_steps else {}),
               **({"ground_weight": ground_weight} if ground_weight else {}),
+              **({"weight_decay": weight_decay} if weight_decay != 0.01 else {}),
               **({"vision_lr": vision_lr, "vision_final_loss": vision_rows[-1]["loss_vision"],
                   "vision_seconds": vision_seconds} if vision_rows else {}),
               "seed": seed,
