@@ -170,3 +170,50 @@ def caption_agreement(model, processor, head: torch.Tensor, rows: list[tuple[dic
         n = max(1, len(have))
         out[attr] = {"text": right_t / n, "picture": right_p / n, "agree": same / n, "n": len(have)}
     return out
+
+
+@torch.no_grad()
+def layer_contributions(model, processor, items: list[dict], prompt, is_query: bool = False,
+                        batch_size: int = 64) -> dict[str, list[float]]:
+    """How much each decoder layer writes into the ``[RET]`` state, and how far that moves the embedding.
+
+    For ``items`` (retriever inputs) through the full-depth ``model``, per decoder layer ``j`` (0-based), lists
+    of means over the items: ``update``, the norm of what layer ``j`` adds to the residual stream at ``[RET]``
+    (``|h_{j+1} - h_j|``, ``h_0`` the input embedding); ``residual``, the norm of ``h_{j+1}``;
+    ``cos_to_final``, the cosine between the embedding of the model pruned to layers ``0..j`` (the final norm of
+    ``h_{j+1}``: a truncated model's last state is ``norm(hs_full[k])``, REFERENCE.md) and the full depth's;
+    ``spread``, the mean cosine between two different items' embeddings at that depth. When one layer writes
+    most of the residual, every prefix gives nearly the full depth's embedding, and pruning costs zero-shot
+    retrieval nothing."""
+    from puma.model.encoding import MODEL_INPUTS, collate, mrope_positions
+    from puma.model.prune import qwen2vl_model
+
+    if len(items) < 2:
+        raise ValueError("layer_contributions: needs at least 2 items")
+    inner = qwen2vl_model(model)
+    norm = inner.language_model.norm
+    raws, finals = [], []
+    last: list[torch.Tensor] = []  # the last layer's raw output (hidden_states[-1] is after the final norm)
+    handle = norm.register_forward_hook(lambda _m, args, _out: last.append(args[0]))
+    try:
+        for i in range(0, len(items), batch_size):
+            batch = collate(processor, items[i:i + batch_size], is_query, prompt)
+            inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+            last.clear()
+            hs = inner(**inputs, position_ids=mrope_positions(inner, inputs), use_cache=False,
+                       output_hidden_states=True).hidden_states
+            rows, pos = torch.arange(len(batch["ret_positions"])), batch["ret_positions"]
+            raws.append(torch.stack([h[rows, pos].float() for h in (*hs[:-1], last[-1])], 1))  # (B, L + 1, H)
+            finals.append(hs[-1][rows, pos].float())
+    finally:
+        handle.remove()
+    raw, final = torch.cat(raws), torch.nn.functional.normalize(torch.cat(finals), dim=-1)
+    n = len(items)
+    out: dict[str, list[float]] = {"update": [], "residual": [], "cos_to_final": [], "spread": []}
+    for j in range(raw.shape[1] - 1):
+        emb = torch.nn.functional.normalize(norm(raw[:, j + 1]), dim=-1)
+        out["update"].append(float((raw[:, j + 1] - raw[:, j]).norm(dim=-1).mean()))
+        out["residual"].append(float(raw[:, j + 1].norm(dim=-1).mean()))
+        out["cos_to_final"].append(float((emb * final).sum(-1).mean()))
+        out["spread"].append(float(((emb @ emb.T).sum() - n) / (n * (n - 1))))
+    return out

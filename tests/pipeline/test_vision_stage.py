@@ -227,3 +227,43 @@ def test_pretrain_base_with_grounding_logs_it_and_moves_tower_and_embeddings(tin
     embed = next(k for k in plain if k.endswith("embed_tokens.weight"))
     assert not torch.equal(grounded[embed], plain[embed])
     assert any(not torch.equal(grounded[k], plain[k]) for k in plain if "visual" in k)
+
+
+def test_layer_contributions_match_the_pruned_models(tiny_dir, tmp_path):
+    """The probe's embedding at depth j is the pruned model's (load_pruned to j + 1 layers, its [RET] state): the
+    oracle of reading the prefixes off one full forward; the last depth is the full model itself (cosine 1), and
+    the updates add up along the residual stream."""
+    from PIL import Image
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from puma.model.encoding import collate, ret_states
+    from puma.model.probe import layer_contributions
+    from puma.model.processor import load_processor
+    from puma.model.prune import load_pruned
+
+    torch.manual_seed(0)
+    proc = load_processor(tiny_dir)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():  # weights that write something (the built tiny model's are near zero)
+        for p in model.model.language_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "m")
+    proc.save_pretrained(tmp_path / "m")
+    items = [{"text": "a red circle", "image": None}, {"text": "a small blue star on the left", "image": None},
+             {"text": None, "image": Image.new("RGB", (56, 56), "green")}]
+    got = layer_contributions(model, proc, items, PromptSettings())
+    depth = model.config.text_config.num_hidden_layers
+    assert all(len(v) == depth for v in got.values())
+    assert got["cos_to_final"][-1] == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        final = torch.nn.functional.normalize(ret_states(model, collate(proc, items, False, PromptSettings())), dim=-1)
+    for k in (1, 3):
+        pruned = load_pruned(tmp_path / "m", k).eval()
+        with torch.no_grad():
+            emb = torch.nn.functional.normalize(ret_states(pruned, collate(proc, items, False, PromptSettings())), dim=-1)
+        assert got["cos_to_final"][k - 1] == pytest.approx(float((emb * final).sum(-1).mean()), abs=1e-4)
+        spread = float(((emb @ emb.T).sum() - 3) / 6)
+        assert got["spread"][k - 1] == pytest.approx(spread, abs=1e-4)
+    assert all(u > 0 for u in got["update"]) and got["residual"][-1] > 0
+    with pytest.raises(ValueError, match="at least 2"):
+        layer_contributions(model, proc, items[:1], PromptSettings())
