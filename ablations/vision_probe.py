@@ -51,8 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from puma.config import load_settings
-    from puma.model.probe import (caption_agreement, caption_pictures, layer_contributions, lm_head_weight,
-                                  probe_checkpoint)
+    from puma.model.probe import (
+        caption_agreement,
+        caption_pictures,
+        layer_contributions,
+        lm_head_weight,
+        probe_checkpoint,
+    )
     from puma.train.pretrain import load_pairs
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
