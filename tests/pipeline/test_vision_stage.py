@@ -194,7 +194,7 @@ def test_ground_terms_pool_each_pictures_tokens_against_the_input_embeddings(tin
     got = {}
     for full in (False, True):
         t = pretrain_terms(model, batch, targets, full_logits=full, ground=True)
-        got[full] = (float(t.ground_sum), t.ground_count,
+        got[full] = (float(t.ground_sum.detach()), t.ground_count,
                      torch.autograd.grad(t.ground_sum, params, allow_unused=True))
     assert got[False][1] == got[True][1] == 5
     assert got[False][0] == pytest.approx(sum(expected), rel=1e-4) and got[True][0] == pytest.approx(sum(expected), rel=1e-4)
