@@ -628,7 +628,7 @@ def step_loss(model, parts: list[StepBatch], chunk, answer_weight: float,
         if ground_weight > 0 and counts[j, 2] > 0:
             grounded = share * t.ground_sum / counts[j, 2].float()
             loss = loss + ground_weight * grounded
-            logged[7] += float(grounded)
+            logged[7] += grounded.item()
         for value, kind in t.answers:
             k = 3 if kind == "text" else 5
             logged[k] += value
