@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # Small and fast, every stage still sharded and checkpointed several times.
 OVERRIDES = [
-    "data.synth_scale=0.5", "data.synth_eval_scale=1.0", "pretrain.steps=20", "data.nli_rows=128", "prompt.max_pixels=3136",
+    "data.synth_scale=0.5", "data.synth_eval_scale=1.0", "pretrain.steps=20", "pretrain.text_steps=0", "pretrain.vision_steps=0", "data.nli_rows=128", "prompt.max_pixels=3136",
     "stage1.batch_size=16", "stage1.checkpoint_every=2",
     "stage2.epochs=1", "stage2.batch_size=16", "stage2.checkpoint_every=3",
     "embed.batch_size=16", "embed.shard_size=32", "evaluate.bootstrap_resamples=50",

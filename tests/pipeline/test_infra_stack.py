@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 VENV_INFRA = Path(os.environ.get("VENV_INFRA", REPO / ".venv-infra"))
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-SHORT = {"PUMA_PRETRAIN__STEPS": "30", "PUMA_DATA__NLI_ROWS": "128", "PUMA_STAGE1__MAX_STEPS": "4",
+SHORT = {"PUMA_PRETRAIN__STEPS": "30", "PUMA_PRETRAIN__TEXT_STEPS": "0", "PUMA_PRETRAIN__VISION_STEPS": "0",
+         "PUMA_DATA__NLI_ROWS": "128", "PUMA_STAGE1__MAX_STEPS": "4",
          "PUMA_STAGE2__MAX_STEPS": "8", "PUMA_EVALUATE__BOOTSTRAP_RESAMPLES": "100"}
 
 pytestmark = [

@@ -257,7 +257,8 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
                   answer_weight=recipe.answer_weight, head_init=recipe.head_init, head_lr_scale=recipe.head_lr_scale,
                   head_lr_steps=recipe.head_lr_steps, text_steps=min(recipe.text_steps, GUARD_STEPS), seed=GUARD_SEED,
                   vision_lr_scale=recipe.vision_lr_scale, caption_rows=recipe.caption_rows,  # moot: no pictures
-                  predict_after_picture=recipe.predict_after_picture, vision_steps=0, align_steps=0)  # moot: no pictures
+                  predict_after_picture=recipe.predict_after_picture, vision_steps=0, align_steps=0,  # moot: no pictures
+                  weight_decay=recipe.weight_decay)
     proc = load_processor(tmp_path / "pt")
     full = _retrieval(Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "pt").eval(), proc, pairs)
     k4, k2 = (_retrieval(load_pruned(tmp_path / "pt", k).eval(), proc, pairs) for k in (4, 2))
