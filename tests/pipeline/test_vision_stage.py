@@ -227,6 +227,11 @@ def test_pretrain_base_with_grounding_logs_it_and_moves_tower_and_embeddings(tin
     embed = next(k for k in plain if k.endswith("embed_tokens.weight"))
     assert not torch.equal(grounded[embed], plain[embed])
     assert any(not torch.equal(grounded[k], plain[k]) for k in plain if "visual" in k)
+    # pretrain.weight_decay: AdamW's in the language steps (recorded when not the old 0.01)
+    rec_wd = pretrain_base(tiny_dir, tmp_path / "wd", pairs, PromptSettings(), weight_decay=0.5, **kw)
+    assert rec_wd["weight_decay"] == 0.5 and "weight_decay" not in rec0
+    decayed = load_file(tmp_path / "wd" / "model.safetensors")
+    assert decayed[embed].norm() < plain[embed].norm()
 
 
 def test_layer_contributions_match_the_pruned_models(tiny_dir, tmp_path):
