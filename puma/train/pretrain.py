@@ -381,9 +381,8 @@ class PretrainTerms:
     ground_sum: torch.Tensor | float = 0.0  # summed grounding loss over the picture rows' words (ground_terms)
     ground_count: int = 0  # grounding terms
 
-    def loss(self, answer_weight: float, ground_weight: float = 0.0) -> torch.Tensor:
-        out = self.lm_sum / max(1, self.lm_count) + answer_weight * self.answer_sum / max(1, self.answer_count)
-        return out + ground_weight * self.ground_sum / max(1, self.ground_count) if self.ground_count else out
+    def loss(self, answer_weight: float) -> torch.Tensor:  # the grounding term is weighed in step_loss
+        return self.lm_sum / max(1, self.lm_count) + answer_weight * self.answer_sum / max(1, self.answer_count)
 
 
 def pretrain_terms(model, batch, targets: list | None = None, kinds: list[str] | None = None,
