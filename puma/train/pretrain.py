@@ -799,12 +799,14 @@ def pretrain_base(
               "align_steps": align_steps, **({"align_lr_scale": align_lr_scale} if align_steps else {}),
               **({"ground_weight": ground_weight} if ground_weight else {}),
               **({"weight_decay": weight_decay} if weight_decay != 0.01 else {}),
-              **({"vision_lr": vision_lr, "vision_final_loss": vision_rows[-1]["loss_vision"],
-                  "vision_seconds": vision_seconds} if vision_rows else {}),
+              **({"vision_lr": vision_lr, "vision_final_loss": vision_rows[-1]["loss_vision"]} if vision_rows else {}),
               "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
-              "seconds": round(time.perf_counter() - start, 1),
               "numerics": numerics()}  # round-off differs by machine, and this training is chaotic in it
+    # Wall times are returned, not saved: OUT is then a function of its inputs (the same files on a re-run), so a
+    # re-run that reproduces the weights leaves every downstream DVC stage cached.
+    timing = {"seconds": round(time.perf_counter() - start, 1),
+              **({"vision_seconds": vision_seconds} if vision_rows else {})}
     if rank == 0:
         model.config.puma = {**(getattr(model.config, "puma", None) or {}), "pretrain": record}
         out = Path(out)
@@ -815,7 +817,7 @@ def pretrain_base(
             if vision_rows:
                 write_jsonl_atomic(tmp / "vision_log.jsonl", vision_rows)
     distributed.barrier()
-    return record
+    return {**record, **timing}
 
 
 def escape_step(rows: list[dict], threshold: float = 2.15, window: int = 50, key: str = "loss_answer_text",

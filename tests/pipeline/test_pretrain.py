@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -386,3 +387,21 @@ def test_pretrain_loss_matches_the_full_logits_oracle(tiny_dir, tmp_path):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-3, atol=5e-5)  # float32 summation order
+
+
+def test_pretraining_twice_writes_the_same_files(tiny_dir, tmp_path):
+    """OUT is a function of its inputs: two runs of the same short pretraining (a vision stage, pictures, text)
+    write byte-identical trees, so a DVC re-run that reproduces the weights keeps every downstream stage cached.
+    The wall times are in the returned record only (they were once saved in config.json, which made every re-run
+    a new base)."""
+    from puma.train.pretrain import pretrain_base
+    from puma.workdir import tree_sha256
+
+    torch.set_num_threads(1)
+    pairs = image_pairs(8, tmp_path / "img", with_scenes=True)
+    records = [pretrain_base(tiny_dir, tmp_path / name, pairs, PromptSettings(), steps=2, batch_size=8, lr=5e-3,
+                             answer_weight=4.0, vision_steps=1, text_steps=0, seed=0) for name in ("a", "b")]
+    assert tree_sha256(tmp_path / "a") == tree_sha256(tmp_path / "b")
+    assert all(r["seconds"] >= 0 and r["vision_seconds"] >= 0 for r in records)
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["puma"]["pretrain"]
+    assert saved["steps"] == 2 and "seconds" not in saved and "vision_seconds" not in saved
