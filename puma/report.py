@@ -7,6 +7,7 @@ Inputs are evaluation directories written by :func:`puma.evaluate.evaluate_table
     plots/recall_by_column.csv    column, local, global of the first run (DVC plot: bars per column)
     plots/runs.csv            run, pool, avg, single, mixed, multi (DVC plot: run comparison)
     comparison.json           every later run minus the first on the same queries, with paired intervals
+                              (report.md also: the global pool's modality errors of every run, given the data root)
     recall_by_column.png      local vs global bars per column
     examples.html             a few queries of image tasks with thumbnails of their top-5
 """
@@ -100,15 +101,23 @@ def ci_markdown(points: Mapping[str, Mapping[str, float]],
 
 def query_hits(eval_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, bool]]]:
     """Per pool, column and query id, whether the query hit (an evaluation's ``topk.jsonl``)."""
-    path = Path(eval_dir) / "topk.jsonl"
+    out: dict[str, dict[str, dict[str, bool]]] = {}
+    for rec in _topk_records(Path(eval_dir), ("pool", "column", "qid", "hit")):
+        out.setdefault(rec["pool"], {}).setdefault(rec["column"], {})[rec["qid"]] = bool(rec["hit"])
+    return out
+
+
+def _topk_records(eval_dir: Path, keys: Sequence[str]) -> list[dict]:
+    """The per-query records of an evaluation's ``topk.jsonl``, each checked to have ``keys``."""
+    path = eval_dir / "topk.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no per-query records (run `puma evaluate` first)")
-    out: dict[str, dict[str, dict[str, bool]]] = {}
+    out = []
     with path.open() as f:
         for line_no, line in enumerate(f, 1):
             try:
                 rec = json.loads(line)
-                out.setdefault(rec["pool"], {}).setdefault(rec["column"], {})[rec["qid"]] = bool(rec["hit"])
+                out.append({k: rec[k] for k in keys})
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{line_no}: not a per-query record ({e})") from None
     return out
@@ -254,6 +263,41 @@ def examples_html(examples: Sequence[Mapping]) -> str:
     return "\n".join(out)
 
 
+def modality_errors(eval_dir: str | os.PathLike, root: str | os.PathLike) -> dict[str, float]:
+    """Global pool: per column, the share (%) of the top-k candidates whose modality is none of the query's
+    positives' (UniIR's modality errors), ``avg`` over columns and the group means. The global pool mixes every column's
+    candidates, so a model that ranks by content but not by the instructed modality fills the top-k with the
+    wrong kind (MAC's lowered temperature for the target modality weakens the pull of the other modalities'
+    negatives). Reads ``topk.jsonl`` and ``eval_meta.json`` of an evaluation and the local pool files of its
+    columns under the M-BEIR ``root`` (the union the global search ranked); {} without global records."""
+    from puma.data.columns import COLUMNS_BY_NAME
+    from puma.data.columns import GROUPS as COLUMN_GROUPS
+    from puma.data.schema import iter_candidates
+    from puma.metrics import summarise
+
+    eval_dir, root = Path(eval_dir), Path(root)
+    records = [r for r in _topk_records(eval_dir, ("column", "pool", "k", "ids", "positives"))
+               if r["pool"] == "global"]
+    if not records:
+        return {}
+    split = json.loads((eval_dir / "eval_meta.json").read_text()).get("split", "test") \
+        if (eval_dir / "eval_meta.json").is_file() else "test"
+    wanted = {c for r in records for c in (*r["ids"][: r["k"]], *r["positives"])}
+    modality: dict[str, str] = {}
+    for pool in dict.fromkeys(root / COLUMNS_BY_NAME[c].pool_file_for(split) for c in {r["column"] for r in records}):
+        if not pool.is_file():
+            raise FileNotFoundError(f"{pool}: the candidate pool of a column in {eval_dir / 'topk.jsonl'} "
+                                    "(pass the evaluation's M-BEIR root)")
+        modality.update((c.did, c.modality) for c in iter_candidates(pool) if c.did in wanted)
+    wrong: dict[str, list[int]] = {}
+    for r in records:
+        top, targets = r["ids"][: r["k"]], {modality.get(p) for p in r["positives"]}
+        counts = wrong.setdefault(r["column"], [0, 0])
+        counts[0] += sum(modality.get(c) not in targets for c in top)
+        counts[1] += len(top)
+    return summarise({c: w / n for c, (w, n) in wrong.items() if n}, COLUMN_GROUPS)
+
+
 def load_examples(eval_dir: str | os.PathLike, root: str | os.PathLike, n: int, top: int = 5) -> list[dict]:
     """Up to ``n`` examples for :func:`examples_html`: the first query of each image column (local pool).
 
@@ -310,8 +354,10 @@ def write_report(
     out: str | os.PathLike,
     names: Sequence[str] | None = None,
     examples: Sequence[Mapping] | None = None,
+    root: str | os.PathLike | None = None,
 ) -> Path:
-    """Write report.md (+ plots, PNG, examples.html) comparing one or more evaluation directories."""
+    """Write report.md (+ plots, PNG, examples.html) comparing one or more evaluation directories; with the
+    M-BEIR ``root`` also the global pool's modality errors (:func:`modality_errors`) of every run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dirs = [Path(d) for d in eval_dirs]
@@ -346,6 +392,13 @@ def write_report(
             level = round(100 * next(iter(cis.values())).get("level", 0.95))
             md += [f"{level}% bootstrap confidence intervals over queries ({pool} pool):", "",
                    ci_markdown({n: runs[n][pool] for n in pool_ci}, pool_ci), ""]
+        if pool == "global" and root is not None and rows:
+            errors = {n: e for n, d in zip(names, dirs) if (d / "topk.jsonl").is_file()
+                      and (e := modality_errors(d, root))}
+            if errors:
+                md += [("Modality errors: the share (%) of each query's global top-k whose modality is not its "
+                        "positive's (the instruction names the modality; the local pools hold one kind each):"), "",
+                       table1_markdown(errors), ""]
     if len(runs) > 1:
         base_name, base = next(iter(runs.items()))
         paired = _paired_runs(dirs, names, cis.get(base_name, {}))

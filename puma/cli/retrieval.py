@@ -229,7 +229,7 @@ def report(
     out: Path = typer.Option(Path("reports"), "--out", help="report directory"),
     name: list[str] = typer.Option(None, "--name", help="run names, one per directory"),
     examples: int = typer.Option(4, "--examples", help="retrieved examples per report (image tasks)"),
-    data: Path | None = typer.Option(None, "--data", help="M-BEIR root for thumbnails (default: data.root)"),
+    data: Path | None = typer.Option(None, "--data", help="M-BEIR root for thumbnails and the modality errors (default: data.root)"),
     params: str = PARAMS,
 ) -> None:
     """Markdown report (Table 1 local/global, chance, comparison) + DVC plots + examples with thumbnails."""
@@ -237,8 +237,9 @@ def report(
 
     s = _settings(params)
     try:
-        ex = load_examples(eval_dirs[0], data or s.data.root, examples) if examples else None
-        path = write_report(eval_dirs, out, names=name or None, examples=ex)
+        root = data or s.data.root
+        ex = load_examples(eval_dirs[0], root, examples) if examples else None
+        path = write_report(eval_dirs, out, names=name or None, examples=ex, root=root)
     except (FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -126,7 +126,7 @@ def test_report_from_the_evaluation(evaluated, mbeir_mini, tmp_path):
     out, _ = evaluated
     examples = load_examples(out, mbeir_mini, 3)
     assert len(examples) == 3 and all(len(e["candidates"]) == 5 for e in examples)
-    path = write_report([out, out], tmp_path / "rep", names=["a", "b"], examples=examples)
+    path = write_report([out, out], tmp_path / "rep", names=["a", "b"], examples=examples, root=mbeir_mini)
     text = path.read_text()
     assert "| chance |" in text and "Comparison" in text and "VisualNews t→i" in text
     assert "k = 10 for Fashion200K and FashionIQ, 5 otherwise; hit rate" in text  # from eval_meta.json
@@ -138,6 +138,7 @@ def test_report_from_the_evaluation(evaluated, mbeir_mini, tmp_path):
     assert f"{metrics_avg(out):.1f} [{lo:.1f}, {hi:.1f}]" in text
     # b is a: on the same queries the paired difference is exactly 0 [0, 0] (its own interval is not)
     assert "| b | local | +0.0 [+0.0, +0.0] |" in text
+    assert "Modality errors" in text and text.count("| a |") == 5  # local, global, their intervals, the errors
     comparison = json.loads((tmp_path / "rep" / "comparison.json").read_text())
     assert comparison["base"] == "a" and comparison["runs"]["b"]["local"]["avg"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
 

@@ -248,3 +248,48 @@ def test_paired_comparison_refuses_other_queries_and_names_the_file(tmp_path):
         query_hits(tmp_path / "d")
     with pytest.raises(FileNotFoundError, match="no per-query records"):
         query_hits(tmp_path / "nothing")
+
+
+def test_modality_errors_count_the_wrong_kind_in_the_global_top_k(tmp_path):
+    """The share of each global query's top-k whose modality is not its positive's, per column (local records
+    and candidates past k ignored), against a naive count; group means via summarise; a missing pool named."""
+    import json
+
+    from puma.data.columns import COLUMNS_BY_NAME
+    from puma.report import modality_errors
+
+    root = tmp_path / "mbeir"
+    cands = {"5:1": "image", "5:2": "text", "5:3": "image", "5:4": "image,text", "9:1": "text", "9:2": "image"}
+    for col, dids in (("mscoco_task0", ["5:1", "5:2", "5:3", "5:4"]), ("cirr_task7", ["9:1", "9:2"])):
+        pool = root / COLUMNS_BY_NAME[col].pool_file
+        pool.parent.mkdir(parents=True, exist_ok=True)
+        pool.write_text("".join(json.dumps({"did": d, "txt": "x" if "text" in cands[d] else None,
+                                            "img_path": "a.jpg" if "image" in cands[d] else None,
+                                            "modality": cands[d], "src_content": None}) + "\n" for d in dids))
+    recs = [  # (column, pool, k, ids, positives)
+        ("mscoco_task0", "global", 2, ["5:2", "9:2", "5:4"], ["5:1"]),   # text: wrong, 9:2 image: right
+        ("mscoco_task0", "global", 2, ["5:4", "9:1"], ["5:3"]),          # both wrong
+        ("mscoco_task0", "local", 2, ["5:2", "5:4"], ["5:1"]),           # local: not counted
+        ("cirr_task7", "global", 3, ["9:2", "5:1", "5:2"], ["9:2"]),     # one wrong of 3
+    ]
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / "topk.jsonl").write_text("".join(json.dumps({"column": c, "pool": p, "qid": f"q{i}", "k": k, "hit": False,
+                                                       "ids": ids, "positives": pos}) + "\n"
+                                           for i, (c, p, k, ids, pos) in enumerate(recs)))
+    naive: dict = {}
+    for c, p, k, ids, pos in recs:
+        if p == "global":
+            w, n = naive.get(c, (0, 0))
+            naive[c] = (w + sum(cands[i] not in {cands[q] for q in pos} for i in ids[:k]), n + k)
+    got = modality_errors(ev, root)
+    assert got["mscoco_task0"] == pytest.approx(100 * naive["mscoco_task0"][0] / 4) == pytest.approx(75.0)
+    assert got["cirr_task7"] == pytest.approx(100 / 3, abs=0.01)
+    assert got["avg"] == pytest.approx((75.0 + 100 / 3) / 2, abs=0.01)
+    assert got["single"] == got["mscoco_task0"] and got["mixed"] == got["cirr_task7"] and "multi" not in got
+    (root / COLUMNS_BY_NAME["cirr_task7"].pool_file).unlink()
+    with pytest.raises(FileNotFoundError, match="mbeir_cirr_task7_cand_pool.jsonl: the candidate pool"):
+        modality_errors(ev, root)
+    (ev / "topk.jsonl").write_text(json.dumps({"column": "cirr_task7", "pool": "local", "qid": "q", "k": 1,
+                                               "hit": True, "ids": [], "positives": []}) + "\n")
+    assert modality_errors(ev, root) == {}  # no global records
