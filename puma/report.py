@@ -397,7 +397,7 @@ def write_report(
                       and (e := modality_errors(d, root))}
             if errors:
                 md += [("Modality errors: the share (%) of each query's global top-k whose modality is not its "
-                        "positive's (the instruction names the modality; the local pools hold one kind each):"), "",
+                        "positive's (the instruction names the modality to retrieve):"), "",
                        table1_markdown(errors), ""]
     if len(runs) > 1:
         base_name, base = next(iter(runs.items()))
