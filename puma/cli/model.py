@@ -76,7 +76,7 @@ def pretrain(
     """
     from puma import distributed
     from puma.io import atomic_dir, write_json_atomic
-    from puma.train.pretrain import load_pairs, pretrain_base
+    from puma.train.pretrain import collapse_warning, load_pairs, pretrain_base
 
     settings = settings_or_exit(params)
     cfg = settings.pretrain
@@ -114,6 +114,8 @@ def pretrain(
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "
                        f"({record['seconds']} s, final loss {record['final_loss']}) -> {out}")
+            if warning := collapse_warning(record):
+                typer.echo(warning, err=True)
     finally:
         distributed.leave_group()
 

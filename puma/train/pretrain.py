@@ -802,6 +802,8 @@ def pretrain_base(
               **({"vision_lr": vision_lr, "vision_final_loss": vision_rows[-1]["loss_vision"]} if vision_rows else {}),
               "seed": seed,
               "examples": len(examples), "final_loss": log_rows[-1]["loss"],
+              "escape_step": escape_step(log_rows),  # None: the [RET] states never left their early collapse
+              "text_answer_loss_tail": _tail_mean(log_rows, "loss_answer_text", ESCAPE_WINDOW),
               "numerics": numerics()}  # round-off differs by machine, and this training is chaotic in it
     # Wall times are returned, not saved: OUT is then a function of its inputs (the same files on a re-run), so a
     # re-run that reproduces the weights leaves every downstream DVC stage cached.
@@ -820,8 +822,13 @@ def pretrain_base(
     return {**record, **timing}
 
 
-def escape_step(rows: list[dict], threshold: float = 2.15, window: int = 50, key: str = "loss_answer_text",
-                stride: int = 10) -> int | None:
+# In the collapse the text-answer loss sits at the balanced marginal (~2.3 nats on MBEIR-mini); below this mean over
+# one window of steps the states have left it.
+ESCAPE_THRESHOLD, ESCAPE_WINDOW = 2.15, 50
+
+
+def escape_step(rows: list[dict], threshold: float = ESCAPE_THRESHOLD, window: int = ESCAPE_WINDOW,
+                key: str = "loss_answer_text", stride: int = 10) -> int | None:
     """The step by which the ``[RET]`` states have left their early collapse: the end of the first ``window``
     steps (every ``stride`` steps) whose mean ``key`` (a ``train_log.jsonl`` row's text-answer loss) is below
     ``threshold``, or None if none is. In the collapse the answer loss sits at the balanced marginal (~2.3
@@ -832,6 +839,26 @@ def escape_step(rows: list[dict], threshold: float = 2.15, window: int = 50, key
         if values and sum(values) / len(values) < threshold:
             return int(rows[start + window - 1]["step"])
     return None
+
+
+def _tail_mean(rows: list[dict], key: str, window: int) -> float | None:
+    """The mean ``key`` over the rows of the last ``window`` that have it; None before one window or without any."""
+    values = [r[key] for r in rows[-window:] if key in r]
+    return round(sum(values) / len(values), 4) if len(rows) >= window and values else None
+
+
+def collapse_warning(record: dict) -> str | None:
+    """A warning when a pretraining ``record`` (:func:`pretrain_base`) measured a full escape window of
+    text-answer losses and never left its early collapse (``escape_step`` None): such a base retrieves near
+    chance (pretrain.seed 3 and 4 of the 4x default: 2.5 and 3.7 local against 19-30 for seeds 0-2;
+    docs/results/reproducibility.md, session 32). None when it escaped or nothing was measured."""
+    tail = record.get("text_answer_loss_tail")
+    if record.get("escape_step") is not None or tail is None:
+        return None
+    return (f"WARNING: after {record['steps']} steps the [RET] states never left their early collapse (text-answer "
+            f"loss {tail:.2f} over the last {ESCAPE_WINDOW} steps, escape below {ESCAPE_THRESHOLD}): this base "
+            "retrieves near chance. Try another pretrain.seed or more pretrain.steps (ablations/pretrain_escape.py "
+            "compares seeds; docs/results/reproducibility.md).")
 
 
 def _check_in_sync(params) -> None:

@@ -249,23 +249,26 @@ def test_pretrained_full_depth_zero_shot_beats_the_pruned_zero_shot(tiny_dir, tm
 
     from puma.model.processor import load_processor
     from puma.model.prune import load_pruned
-    from puma.train.pretrain import pretrain_base
+    from puma.train.pretrain import collapse_warning, pretrain_base
 
     torch.set_num_threads(1)
     pairs = entity_pairs(24, seed=0)
     recipe = load_settings(Path(__file__).resolve().parents[2] / "params.yaml").pretrain  # the shipped recipe
-    pretrain_base(tiny_dir, tmp_path / "pt", pairs, PromptSettings(), steps=GUARD_STEPS, batch_size=16, lr=recipe.lr,
-                  answer_weight=recipe.answer_weight, head_init=recipe.head_init, head_lr_scale=recipe.head_lr_scale,
-                  head_lr_steps=recipe.head_lr_steps, text_steps=min(recipe.text_steps, GUARD_STEPS), seed=GUARD_SEED,
-                  vision_lr_scale=recipe.vision_lr_scale, caption_rows=recipe.caption_rows,  # moot: no pictures
-                  predict_after_picture=recipe.predict_after_picture, vision_steps=0, align_steps=0,  # moot: no pictures
-                  weight_decay=recipe.weight_decay)
+    record = pretrain_base(
+        tiny_dir, tmp_path / "pt", pairs, PromptSettings(), steps=GUARD_STEPS, batch_size=16, lr=recipe.lr,
+        answer_weight=recipe.answer_weight, head_init=recipe.head_init, head_lr_scale=recipe.head_lr_scale,
+        head_lr_steps=recipe.head_lr_steps, text_steps=min(recipe.text_steps, GUARD_STEPS), seed=GUARD_SEED,
+        vision_lr_scale=recipe.vision_lr_scale, caption_rows=recipe.caption_rows,  # moot: no pictures
+        predict_after_picture=recipe.predict_after_picture, vision_steps=0, align_steps=0,  # moot: no pictures
+        weight_decay=recipe.weight_decay)
     proc = load_processor(tmp_path / "pt")
     full = _retrieval(Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "pt").eval(), proc, pairs)
     k4, k2 = (_retrieval(load_pruned(tmp_path / "pt", k).eval(), proc, pairs) for k in (4, 2))
     random_base = _retrieval(Qwen2VLForConditionalGeneration.from_pretrained(tiny_dir).eval(), proc, pairs)
     assert full[1] > k4[1] + 0.02 and full[1] > k2[1] + 0.02, (full, k4, k2)
     assert full[1] > random_base[1] + 0.3 and full[0] > 8 / len(pairs), (full, random_base)
+    # a base that retrieves has left its early collapse, and `puma model pretrain` would not warn about it
+    assert record["escape_step"] is not None and collapse_warning(record) is None, record
 
 
 def test_world_words_classes_and_answer_targets(tiny_dir):

@@ -39,3 +39,25 @@ def test_pretrain_escape_script_maps_overrides_and_summarises_blocks():
     with pytest.raises(ValueError, match="section.key=value"):
         mod.override_env(["answer_weight"])
     assert mod.block_means(_rows([2.0] * 100 + [1.0] * 50), "loss_answer_text") == [2.0, 1.0]
+
+
+def test_a_base_that_never_left_the_collapse_is_warned_about():
+    """pretrain_base records escape_step and the last window's text-answer loss; `puma model pretrain` prints
+    collapse_warning's message for a base still at the marginal after a full window, and nothing otherwise."""
+    from puma.train.pretrain import ESCAPE_WINDOW, _tail_mean, collapse_warning
+
+    plateau = _rows([2.30] * 200)
+    tail = _tail_mean(plateau, "loss_answer_text", ESCAPE_WINDOW)
+    assert tail == pytest.approx(2.30)
+    stuck = {"steps": 200, "escape_step": escape_step(plateau), "text_answer_loss_tail": tail}
+    msg = collapse_warning(stuck)
+    assert msg.startswith("WARNING: after 200 steps") and "2.30 over the last 50 steps" in msg
+    assert "pretrain.seed" in msg
+    falling = _rows([2.30 - 0.004 * i for i in range(200)])
+    assert collapse_warning({"steps": 200, "escape_step": escape_step(falling),
+                             "text_answer_loss_tail": _tail_mean(falling, "loss_answer_text", 50)}) is None
+    short = _rows([2.30] * 20)  # under one window: nothing measured, no warning
+    assert _tail_mean(short, "loss_answer_text", 50) is None
+    assert collapse_warning({"steps": 20, "escape_step": escape_step(short), "text_answer_loss_tail": None}) is None
+    image_only = [{"step": i + 1, "loss_answer_image": 1.0} for i in range(100)]
+    assert _tail_mean(image_only, "loss_answer_text", 50) is None
