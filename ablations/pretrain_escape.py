@@ -49,12 +49,12 @@ def block_means(rows: list[dict], key: str, size: int = 100) -> list[float | Non
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from puma.train.pretrain import escape_step
+    from puma.train.pretrain import ESCAPE_THRESHOLD, escape_step
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--threshold", type=float, default=2.15, help="text-answer loss that counts as escaped")
+    ap.add_argument("--threshold", type=float, default=ESCAPE_THRESHOLD, help="text-answer loss that counts as escaped")
     ap.add_argument("--base", default="artifacts/tiny")
     ap.add_argument("--data", default="data/mbeir")
     ap.add_argument("-S", dest="sets", action="append", default=[], help="section.key=value (repeatable)")
