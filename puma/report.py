@@ -282,6 +282,9 @@ def modality_errors(eval_dir: str | os.PathLike, root: str | os.PathLike) -> dic
         return {}
     split = json.loads((eval_dir / "eval_meta.json").read_text()).get("split", "test") \
         if (eval_dir / "eval_meta.json").is_file() else "test"
+    unknown = sorted({r["column"] for r in records} - COLUMNS_BY_NAME.keys())
+    if unknown:
+        raise ValueError(f"{eval_dir / 'topk.jsonl'}: not Table-1 columns: {', '.join(unknown)}")
     wanted = {c for r in records for c in (*r["ids"][: r["k"]], *r["positives"])}
     modality: dict[str, str] = {}
     for pool in dict.fromkeys(root / COLUMNS_BY_NAME[c].pool_file_for(split) for c in {r["column"] for r in records}):

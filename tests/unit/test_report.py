@@ -293,3 +293,7 @@ def test_modality_errors_count_the_wrong_kind_in_the_global_top_k(tmp_path):
     (ev / "topk.jsonl").write_text(json.dumps({"column": "cirr_task7", "pool": "local", "qid": "q", "k": 1,
                                                "hit": True, "ids": [], "positives": []}) + "\n")
     assert modality_errors(ev, root) == {}  # no global records
+    (ev / "topk.jsonl").write_text(json.dumps({"column": "nope_task9", "pool": "global", "qid": "q", "k": 1,
+                                               "hit": True, "ids": ["9:1"], "positives": ["9:1"]}) + "\n")
+    with pytest.raises(ValueError, match=r"eval/topk.jsonl: not Table-1 columns: nope_task9"):
+        modality_errors(ev, root)
