@@ -265,40 +265,50 @@ def examples_html(examples: Sequence[Mapping]) -> str:
 
 def modality_errors(eval_dir: str | os.PathLike, root: str | os.PathLike) -> dict[str, float]:
     """Global pool: per column, the share (%) of the top-k candidates whose modality is none of the query's
-    positives' (UniIR's modality errors), ``avg`` over columns and the group means. The global pool mixes every column's
-    candidates, so a model that ranks by content but not by the instructed modality fills the top-k with the
-    wrong kind (MAC's lowered temperature for the target modality weakens the pull of the other modalities'
-    negatives). Reads ``topk.jsonl`` and ``eval_meta.json`` of an evaluation and the local pool files of its
-    columns under the M-BEIR ``root`` (the union the global search ranked); {} without global records."""
+    positives' (UniIR's modality errors), ``avg`` over columns and the group means; {} without global records.
+    One evaluation's :func:`modality_errors_of_runs`."""
+    return modality_errors_of_runs([eval_dir], root)[0]
+
+
+def modality_errors_of_runs(eval_dirs: Sequence[str | os.PathLike], root: str | os.PathLike) -> list[dict[str, float]]:
+    """:func:`modality_errors` of several evaluations, reading the candidate pools once for all of them. The global
+    pool mixes every column's candidates, so a model that ranks by content but not by the instructed modality fills
+    the top-k with the wrong kind (MAC's lowered temperature for the target modality weakens the pull of the other
+    modalities' negatives). Reads each evaluation's ``topk.jsonl`` and ``eval_meta.json`` and the local pool files
+    of their columns under the M-BEIR ``root`` (the union the global search ranked)."""
     from puma.data.columns import COLUMNS_BY_NAME
     from puma.data.columns import GROUPS as COLUMN_GROUPS
     from puma.data.schema import iter_candidates
     from puma.metrics import summarise
 
-    eval_dir, root = Path(eval_dir), Path(root)
-    records = [r for r in _topk_records(eval_dir, ("column", "pool", "k", "ids", "positives"))
-               if r["pool"] == "global"]
-    if not records:
-        return {}
-    split = json.loads((eval_dir / "eval_meta.json").read_text()).get("split", "test") \
-        if (eval_dir / "eval_meta.json").is_file() else "test"
-    unknown = sorted({r["column"] for r in records} - COLUMNS_BY_NAME.keys())
-    if unknown:
-        raise ValueError(f"{eval_dir / 'topk.jsonl'}: not Table-1 columns: {', '.join(unknown)}")
-    wanted = {c for r in records for c in (*r["ids"][: r["k"]], *r["positives"])}
+    root = Path(root)
+    runs, pools = [], {}
+    for d in map(Path, eval_dirs):
+        records = [r for r in _topk_records(d, ("column", "pool", "k", "ids", "positives")) if r["pool"] == "global"]
+        unknown = sorted({r["column"] for r in records} - COLUMNS_BY_NAME.keys())
+        if unknown:
+            raise ValueError(f"{d / 'topk.jsonl'}: not Table-1 columns: {', '.join(unknown)}")
+        meta = json.loads((d / "eval_meta.json").read_text()) if (d / "eval_meta.json").is_file() else {}
+        for column in {r["column"] for r in records}:
+            pools.setdefault(root / COLUMNS_BY_NAME[column].pool_file_for(meta.get("split", "test")), d)
+        runs.append(records)
+    wanted = {c for records in runs for r in records for c in (*r["ids"][: r["k"]], *r["positives"])}
     modality: dict[str, str] = {}
-    for pool in dict.fromkeys(root / COLUMNS_BY_NAME[c].pool_file_for(split) for c in {r["column"] for r in records}):
+    for pool, d in pools.items():
         if not pool.is_file():
-            raise FileNotFoundError(f"{pool}: the candidate pool of a column in {eval_dir / 'topk.jsonl'} "
+            raise FileNotFoundError(f"{pool}: the candidate pool of a column in {d / 'topk.jsonl'} "
                                     "(pass the evaluation's M-BEIR root)")
         modality.update((c.did, c.modality) for c in iter_candidates(pool) if c.did in wanted)
-    wrong: dict[str, list[int]] = {}
-    for r in records:
-        top, targets = r["ids"][: r["k"]], {modality.get(p) for p in r["positives"]}
-        counts = wrong.setdefault(r["column"], [0, 0])
-        counts[0] += sum(modality.get(c) not in targets for c in top)
-        counts[1] += len(top)
-    return summarise({c: w / n for c, (w, n) in wrong.items() if n}, COLUMN_GROUPS)
+    out = []
+    for records in runs:
+        wrong: dict[str, list[int]] = {}
+        for r in records:
+            top, targets = r["ids"][: r["k"]], {modality.get(p) for p in r["positives"]}
+            counts = wrong.setdefault(r["column"], [0, 0])
+            counts[0] += sum(modality.get(c) not in targets for c in top)
+            counts[1] += len(top)
+        out.append(summarise({c: w / n for c, (w, n) in wrong.items() if n}, COLUMN_GROUPS))
+    return out
 
 
 def load_examples(eval_dir: str | os.PathLike, root: str | os.PathLike, n: int, top: int = 5) -> list[dict]:
@@ -396,8 +406,8 @@ def write_report(
             md += [f"{level}% bootstrap confidence intervals over queries ({pool} pool):", "",
                    ci_markdown({n: runs[n][pool] for n in pool_ci}, pool_ci), ""]
         if pool == "global" and root is not None and rows:
-            errors = {n: e for n, d in zip(names, dirs) if (d / "topk.jsonl").is_file()
-                      and (e := modality_errors(d, root))}
+            scored = [(n, d) for n, d in zip(names, dirs) if (d / "topk.jsonl").is_file()]
+            errors = {n: e for (n, _), e in zip(scored, modality_errors_of_runs([d for _, d in scored], root)) if e}
             if errors:
                 md += [("Modality errors: the share (%) of each query's global top-k whose modality is not its "
                         "positive's (the instruction names the modality to retrieve):"), "",

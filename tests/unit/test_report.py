@@ -256,7 +256,7 @@ def test_modality_errors_count_the_wrong_kind_in_the_global_top_k(tmp_path):
     import json
 
     from puma.data.columns import COLUMNS_BY_NAME
-    from puma.report import modality_errors
+    from puma.report import modality_errors, modality_errors_of_runs
 
     root = tmp_path / "mbeir"
     cands = {"5:1": "image", "5:2": "text", "5:3": "image", "5:4": "image,text", "9:1": "text", "9:2": "image"}
@@ -287,6 +287,7 @@ def test_modality_errors_count_the_wrong_kind_in_the_global_top_k(tmp_path):
     assert got["cirr_task7"] == pytest.approx(100 / 3, abs=0.01)
     assert got["avg"] == pytest.approx((75.0 + 100 / 3) / 2, abs=0.01)
     assert got["single"] == got["mscoco_task0"] and got["mixed"] == got["cirr_task7"] and "multi" not in got
+    assert modality_errors_of_runs([ev, ev], root) == [got, got]  # one read of the pools for both runs
     (root / COLUMNS_BY_NAME["cirr_task7"].pool_file).unlink()
     with pytest.raises(FileNotFoundError, match="mbeir_cirr_task7_cand_pool.jsonl: the candidate pool"):
         modality_errors(ev, root)
