@@ -70,3 +70,50 @@ def image_pairs(n: int, root: Path, seed: int = 0, with_scenes: bool = False) ->
             out[-1]["positive_scene"] = {"kind": "object", "color": c, "shape": s, "texture": "plain",
                                          "size": "medium", "position": "center"}
     return out
+
+
+# The depth fixture's pictures: 8 colours x 4 shapes, one 56x56 picture each (4 visual tokens after merging).
+FIXTURE_COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 60, 220), "yellow": (230, 220, 30),
+                   "purple": (140, 40, 180), "orange": (250, 140, 20), "black": (10, 10, 10),
+                   "white": (250, 250, 250)}
+FIXTURE_SHAPES = ["circle", "square", "triangle", "cross"]
+
+
+def shape_pictures(root: Path) -> list[tuple[str, str]]:
+    """Draw the depth fixture's 32 pictures under ``root`` (``COLOUR-SHAPE.png`` on grey; kept if present) and
+    return their captions and paths: ``[("a red circle", ".../red-circle.png"), ...]``. The colour fills a large
+    part of the picture; the shape is told only by where it lies across the 4 merged visual tokens."""
+    from PIL import Image, ImageDraw
+
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for colour, rgb in FIXTURE_COLOURS.items():
+        for shape in FIXTURE_SHAPES:
+            path = root / f"{colour}-{shape}.png"
+            if not path.exists():
+                im = Image.new("RGB", (56, 56), (128, 128, 128))
+                draw = ImageDraw.Draw(im)
+                if shape == "circle":
+                    draw.ellipse((6, 6, 50, 50), fill=rgb)
+                elif shape == "square":
+                    draw.rectangle((8, 8, 48, 48), fill=rgb)
+                elif shape == "triangle":
+                    draw.polygon([(28, 4), (52, 52), (4, 52)], fill=rgb)
+                else:
+                    draw.rectangle((22, 4, 34, 52), fill=rgb)
+                    draw.rectangle((4, 22, 52, 34), fill=rgb)
+                im.save(path)
+            out.append((f"a {colour} {shape}", str(path)))
+    return out
+
+
+def shape_picture_pairs(root: Path) -> list[dict]:
+    """The depth fixture's pretraining pairs (:func:`shape_pictures`): each picture once, alternately as the
+    positive of its caption (text -> image) and as a query whose positive is its caption (image -> text)."""
+    out = []
+    for i, (caption, path) in enumerate(shape_pictures(root)):
+        if i % 2 == 0:
+            out.append({"query": {"text": caption, "instruction": "Find the image."}, "positive": {"image": path}})
+        else:
+            out.append({"query": {"image": path, "instruction": "Describe it."}, "positive": {"text": caption}})
+    return out
