@@ -76,7 +76,7 @@ def pretrain(
     """
     from puma import distributed
     from puma.io import atomic_dir, write_json_atomic
-    from puma.train.pretrain import collapse_warning, load_pairs, pretrain_base
+    from puma.train.pretrain import collapse_warning, load_pairs, pretrain_base, recipe_kwargs
 
     settings = settings_or_exit(params)
     cfg = settings.pretrain
@@ -100,16 +100,7 @@ def pretrain(
         return
     pairs = load_pairs(data or settings.data.root, cfg.seed)
     try:  # under torchrun (runtime.num_processes > 1, flows.launch) every rank trains its slice of each step
-        record = pretrain_base(base, out, pairs, settings.prompt, steps=steps, batch_size=cfg.batch_size,
-                               lr=cfg.lr, answer_weight=cfg.answer_weight, seed=cfg.seed, head_init=cfg.head_init,
-                               schedule=cfg.schedule, predict_from_padding=cfg.predict_from_padding,
-                               template_loss=cfg.template_loss, text_steps=cfg.text_steps,
-                               head_lr_scale=cfg.head_lr_scale, head_lr_steps=cfg.head_lr_steps,
-                               vision_lr_scale=cfg.vision_lr_scale, caption_rows=cfg.caption_rows,
-                               predict_after_picture=cfg.predict_after_picture, vision_steps=cfg.vision_steps,
-                               vision_lr=cfg.vision_lr, align_steps=cfg.align_steps,
-                               align_lr_scale=cfg.align_lr_scale, ground_weight=cfg.ground_weight,
-                               weight_decay=cfg.weight_decay,
+        record = pretrain_base(base, out, pairs, settings.prompt, **recipe_kwargs(cfg, steps=steps),
                                ret_token=settings.model.ret_token, log=typer.echo)
         if distributed.rank() == 0:
             typer.echo(f"pretrained {base} for {record['steps']} steps on {record['processes']} process(es) "

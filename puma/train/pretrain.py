@@ -675,6 +675,21 @@ class VisionNorm:
             self._handle.remove()
 
 
+def recipe_kwargs(cfg, **overrides) -> dict[str, Any]:
+    """:func:`pretrain_base`'s keyword arguments from the ``pretrain`` settings (:class:`puma.config.PretrainSettings`),
+    every recipe key, then ``overrides`` (e.g. a fixture's ``steps``): the one place a key of params.yaml becomes an
+    argument, for `puma model pretrain` and the tests that pretrain with the shipped recipe."""
+    out = {key: getattr(cfg, key) for key in (
+        "steps", "batch_size", "lr", "answer_weight", "seed", "head_init", "schedule", "predict_from_padding",
+        "template_loss", "text_steps", "head_lr_scale", "head_lr_steps", "vision_lr_scale", "caption_rows",
+        "predict_after_picture", "vision_steps", "vision_lr", "align_steps", "align_lr_scale", "ground_weight",
+        "weight_decay")}
+    unknown = overrides.keys() - out.keys()
+    if unknown:
+        raise TypeError(f"recipe_kwargs: not pretrain keys: {sorted(unknown)}")
+    return {**out, **overrides}
+
+
 def pretrain_base(
     base: str | Path, out: str | Path, pairs, prompt, *, steps: int, batch_size: int, lr: float,
     answer_weight: float = 1.0, seed: int = 0, ret_token: str = "[RET]", head_init: str = "zero",

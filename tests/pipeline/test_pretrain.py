@@ -289,8 +289,8 @@ def test_pretrained_base_full_depth_beats_its_pruned_prefix_on_the_picture_fixtu
     0 / 1 / 2 full depth 0.87 / 0.79 / 0.82, k = 4 0.75 / 0.65 / 0.65; full minus k = 4 [95% interval, x 100]
     [+5.7, +18.1] / [+7.1, +21.6] (seeds 0 / 1). The gap comes late, as on MBEIR-mini (where full depth and k = 4
     are level after 400 of the 1000 steps): on this fixture's 64-pair variant at 32 rows a step, k = 4 led full
-    depth after 300 steps (text -> picture 0.92 / 0.78) and was level after 500. With `pretrain.head_init: zero` (sessions 26-32) full depth reaches only 0.31 /
-    0.64 (seeds 0 / 1): the floor fails it. Easier fixtures learn at every depth (the knowledge fixture above).
+    depth after 300 steps (text -> picture 0.92 / 0.78) and was level after 500. With `pretrain.head_init: zero`
+    (sessions 26-32) full depth reaches only 0.31 / 0.64 (seeds 0 / 1): the floor fails it. Easier fixtures learn at every depth (the knowledge fixture above).
     The end-to-end check on MBEIR-mini itself is the slow test below. ``PUMA_TEST_GUARD_SEED`` draws another
     pretrain.seed."""
     from transformers import Qwen2VLForConditionalGeneration
@@ -298,20 +298,16 @@ def test_pretrained_base_full_depth_beats_its_pruned_prefix_on_the_picture_fixtu
     from puma.metrics import bootstrap_ci
     from puma.model.processor import load_processor
     from puma.model.prune import load_pruned
-    from puma.train.pretrain import pretrain_base
+    from puma.train.pretrain import pretrain_base, recipe_kwargs
 
     torch.set_num_threads(1)
-    pairs = shape_picture_pairs(tmp_path / "img")
-    captions, paths = map(list, zip(*shape_pictures(tmp_path / "img")))
+    pictures = shape_pictures(tmp_path / "img")
+    pairs = shape_picture_pairs(pictures)
+    captions, paths = map(list, zip(*pictures))
     r = load_settings(Path(__file__).resolve().parents[2] / "params.yaml").pretrain  # the shipped recipe
-    pretrain_base(
-        tiny_dir, tmp_path / "pt", pairs, PromptSettings(), steps=DEPTH_STEPS, batch_size=16, lr=r.lr,
-        answer_weight=r.answer_weight, head_init=r.head_init, head_lr_scale=r.head_lr_scale,
-        head_lr_steps=min(r.head_lr_steps, DEPTH_TEXT_STEPS), text_steps=DEPTH_TEXT_STEPS, seed=GUARD_SEED,
-        vision_lr_scale=r.vision_lr_scale, caption_rows=r.caption_rows, predict_after_picture=r.predict_after_picture,
-        ground_weight=r.ground_weight, weight_decay=r.weight_decay, schedule=r.schedule,
-        predict_from_padding=r.predict_from_padding, template_loss=r.template_loss, vision_steps=r.vision_steps,
-        vision_lr=r.vision_lr, align_steps=r.align_steps, align_lr_scale=r.align_lr_scale)
+    kw = recipe_kwargs(r, steps=DEPTH_STEPS, text_steps=DEPTH_TEXT_STEPS,
+                       head_lr_steps=min(r.head_lr_steps, DEPTH_TEXT_STEPS), batch_size=16, seed=GUARD_SEED)
+    pretrain_base(tiny_dir, tmp_path / "pt", pairs, PromptSettings(), **kw)
     proc = load_processor(tmp_path / "pt")
     full = _picture_ranks(Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "pt").eval(), proc, captions,
                           paths)

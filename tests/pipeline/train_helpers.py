@@ -107,11 +107,11 @@ def shape_pictures(root: Path) -> list[tuple[str, str]]:
     return out
 
 
-def shape_picture_pairs(root: Path) -> list[dict]:
-    """The depth fixture's pretraining pairs (:func:`shape_pictures`): each picture once, alternately as the
-    positive of its caption (text -> image) and as a query whose positive is its caption (image -> text)."""
+def shape_picture_pairs(pictures: list[tuple[str, str]]) -> list[dict]:
+    """The depth fixture's pretraining pairs from :func:`shape_pictures`' list: each picture once, alternately as
+    the positive of its caption (text -> image) and as a query whose positive is its caption (image -> text)."""
     out = []
-    for i, (caption, path) in enumerate(shape_pictures(root)):
+    for i, (caption, path) in enumerate(pictures):
         if i % 2 == 0:
             out.append({"query": {"text": caption, "instruction": "Find the image."}, "positive": {"image": path}})
         else:
